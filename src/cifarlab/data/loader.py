@@ -1,0 +1,145 @@
+"""Batches sliced from a whole split held in memory on the compute device.
+
+No worker processes, no queue: the split lives on the device as uint8 [N, 32, 32, 3]
+(150 MB for CIFAR-10's training set), each batch is one index_select, and the transform
+runs on the whole batch there. This is what keeps the input pipeline from starving a GPU
+(the original's queue runners did) and costs ~1 ms a batch on one CPU core.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+
+import torch
+
+Transform = Callable[..., torch.Tensor]
+
+
+def derive_seed(seed: int, *tags: object) -> int:
+    """A 63-bit seed for a named stream (e.g. ("order", epoch)): independent streams from one seed."""
+    text = ":".join(str(t) for t in (seed, *tags)).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
+
+
+class TrainBatches:
+    """Endless training batches: reshuffled every epoch, last partial batch dropped.
+
+    With `world_size` ranks, every step has one global batch of `batch_size * world_size`
+    examples taken from the epoch's permutation; rank r takes the r-th slice of it. So the
+    ranks' shards are disjoint, together cover the epoch (less the dropped remainder), and
+    2 ranks x 64 see exactly the examples 1 rank x 128 sees.
+
+    The permutation of epoch e depends only on (seed, e), drawn on the CPU so every device
+    sees the same order; the augmentation stream is a generator on the data's device, one
+    per rank. `state_dict()` holds all that is needed to continue bit-exactly.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        transform: Transform,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+        self.device = torch.device(device)
+        self.images = images.to(self.device)  # uint8 [N, 32, 32, 3]
+        self.labels = labels.to(self.device)  # int64 [N]
+        self.batch_size = batch_size  # per rank
+        self.global_batch_size = batch_size * world_size
+        self.steps_per_epoch = images.shape[0] // self.global_batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{images.shape[0]} training examples cannot fill one global batch of {self.global_batch_size}"
+            )
+        self.transform = transform
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.generator = torch.Generator(self.device)
+        self.generator.manual_seed(derive_seed(seed, "augment", rank))
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self._order: torch.Tensor | None = None  # the current epoch's permutation, on device
+
+    def _epoch_order(self) -> torch.Tensor:
+        if self._order is None:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, "order", self.epoch))
+            self._order = torch.randperm(self.images.shape[0], generator=g).to(self.device)
+        return self._order
+
+    def next_indices(self) -> torch.Tensor:
+        """This rank's example indices for the next step; advances the position."""
+        start = self.step_in_epoch * self.global_batch_size + self.rank * self.batch_size
+        indices = self._epoch_order()[start : start + self.batch_size]
+        self.step_in_epoch += 1
+        if self.step_in_epoch == self.steps_per_epoch:
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self._order = None
+        return indices
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (transformed images, labels int64 [batch_size]), both on the device."""
+        indices = self.next_indices()
+        raw = self.images.index_select(0, indices)  # index_select: 10x faster than x[idx] on CPU
+        return self.transform(raw, self.generator), self.labels.index_select(0, indices)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            yield self.next_batch()
+
+    def raw_batch(self, count: int) -> torch.Tensor:
+        """The first `count` images of the current epoch's order, untransformed (for summaries)."""
+        return self.images.index_select(0, self._epoch_order()[:count])
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "generator": self.generator.get_state(),
+            "seed": self.seed,
+            "global_batch_size": self.global_batch_size,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["global_batch_size"] != self.global_batch_size or state["seed"] != self.seed:
+            raise ValueError(
+                "data position was saved with global batch "
+                f"{state['global_batch_size']} and seed {state['seed']}, not "
+                f"{self.global_batch_size} and {self.seed}"
+            )
+        self.epoch = int(state["epoch"])
+        self.step_in_epoch = int(state["step_in_epoch"])
+        self.generator.set_state(state["generator"])
+        self._order = None
+
+
+def eval_batches(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    *,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device | str = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Every example of the split exactly once, in order; the last batch may be partial.
+
+    With several ranks, rank r takes the r-th contiguous shard (shard sizes differ by at
+    most one), so the ranks together count each example once.
+    """
+    n = images.shape[0]
+    begin, end = rank * n // world_size, (rank + 1) * n // world_size
+    for start in range(begin, end, batch_size):
+        stop = min(start + batch_size, end)
+        raw = images[start:stop].to(device, non_blocking=True)
+        yield transform(raw), labels[start:stop].to(device, non_blocking=True)

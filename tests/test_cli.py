@@ -1,0 +1,54 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cifarlab.cli import build_parser, main
+from cifarlab.data.synthetic import make_synthetic
+
+
+def test_console_script_and_module_list_the_commands():
+    for cmd in (["cifarlab", "--help"], [sys.executable, "-m", "cifarlab", "--help"]):
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        assert "download" in out and "bench" in out
+
+
+def test_every_subcommand_has_help(capsys):
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert {"download", "bench"} <= set(commands)
+    for name in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: cifarlab " + name in capsys.readouterr().out
+
+
+def test_bad_flag_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["download", "--source", "ftp"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'ftp'" in capsys.readouterr().err
+
+
+def test_verify_on_data_that_is_not_the_real_set_fails_in_one_line(tmp_path, capsys):
+    make_synthetic(tmp_path, train_per_class=2, test_per_class=1)
+    assert main(["download", "--verify", "--data-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert err.startswith("cifarlab download: error: ") and "md5 mismatch" in err
+
+
+def test_verify_counts_per_class_on_cifar100(tmp_path, capsys):
+    make_synthetic(tmp_path, "cifar100", train_per_class=3, test_per_class=1)
+    assert main(["download", "--verify", "--dataset", "cifar100", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "train: 300 images" in out and "test: 100 images" in out
+    assert "   99 worm             3" in out
+
+
+def test_bench_data_json_last_line(capsys):
+    assert main(["bench", "data", "--seconds", "0.2", "--repeats", "2", "--json"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last)["images_per_second"] > 0
