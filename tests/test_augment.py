@@ -73,7 +73,9 @@ def test_brightness_and_contrast_match_reference():
     xs = _hwc(x)
     for i in range(8):
         np.testing.assert_allclose(bright[i], ref_brightness(xs[i], float(delta[i])), rtol=1e-12)
-        np.testing.assert_allclose(contrast[i], ref_contrast(xs[i], float(factor[i])), rtol=1e-10, atol=1e-9)
+        np.testing.assert_allclose(
+            contrast[i], ref_contrast(xs[i], float(factor[i])), rtol=1e-10, atol=1e-9
+        )
 
 
 def test_standardization_matches_reference_including_the_floor():
@@ -113,7 +115,9 @@ def test_eval_inputs_are_the_central_crop_standardized():
     images = _random_images(5, seed=3)
     got = _hwc(A.inputs(images))
     for i in range(5):
-        np.testing.assert_allclose(got[i], ref_standardize(ref_crop(images[i].numpy(), 4, 4)), atol=2e-5)
+        np.testing.assert_allclose(
+            got[i], ref_standardize(ref_crop(images[i].numpy(), 4, 4)), atol=2e-5
+        )
 
 
 def test_parameters_lie_in_the_spec_ranges():

@@ -31,7 +31,10 @@ def test_each_epoch_is_a_fresh_permutation_without_the_remainder():
 def test_ranks_take_disjoint_slices_of_the_single_process_batches():
     images, labels = _split(1000)
     single = TrainBatches(images, labels, 128, transform=_identity, seed=7)
-    ranks = [TrainBatches(images, labels, 64, transform=_identity, seed=7, rank=r, world_size=2) for r in range(2)]
+    ranks = [
+        TrainBatches(images, labels, 64, transform=_identity, seed=7, rank=r, world_size=2)
+        for r in range(2)
+    ]
     for _ in range(10):  # crosses an epoch boundary (7 steps an epoch)
         whole = single.next_batch()[1]
         part0, part1 = (r.next_batch()[1] for r in ranks)
@@ -41,7 +44,10 @@ def test_ranks_take_disjoint_slices_of_the_single_process_batches():
 
 def test_ranks_together_cover_the_epoch():
     images, labels = _split(768)
-    ranks = [TrainBatches(images, labels, 32, transform=_identity, seed=0, rank=r, world_size=3) for r in range(3)]
+    ranks = [
+        TrainBatches(images, labels, 32, transform=_identity, seed=0, rank=r, world_size=3)
+        for r in range(3)
+    ]
     seen = torch.cat([r.next_batch()[1] for _ in range(ranks[0].steps_per_epoch) for r in ranks])
     assert sorted(seen.tolist()) == list(range(768))
 
@@ -83,7 +89,9 @@ def test_eval_counts_every_example_exactly_once(world_size):
     images, labels = _split(1000)  # not a multiple of 128: the last batch is partial
     seen = []
     for rank in range(world_size):
-        for x, y in eval_batches(images, labels, 128, transform=inputs, rank=rank, world_size=world_size):
+        for x, y in eval_batches(
+            images, labels, 128, transform=inputs, rank=rank, world_size=world_size
+        ):
             assert x.shape == (y.numel(), 3, 24, 24)
             seen += y.tolist()
     assert sorted(seen) == list(range(1000))

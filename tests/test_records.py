@@ -99,7 +99,9 @@ def test_load_split_concatenates_in_official_order(tmp_path):
     folder.mkdir()
     for i, name in enumerate(CIFAR10.train_files):
         write_records(folder / name, np.full((2, 32, 32, 3), i, np.uint8), np.array([i, i]))
-    write_records(folder / "test_batch.bin", np.zeros((3, 32, 32, 3), np.uint8), np.array([1, 2, 3]))
+    write_records(
+        folder / "test_batch.bin", np.zeros((3, 32, 32, 3), np.uint8), np.array([1, 2, 3])
+    )
     images, labels = load_split(tmp_path, "train")
     assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     assert images[:, 0, 0, 0].tolist() == labels.tolist()
@@ -110,13 +112,17 @@ def test_load_split_lists_missing_files(tmp_path):
     folder = tmp_path / CIFAR10.folder
     folder.mkdir()
     write_records(folder / "data_batch_1.bin", np.zeros((1, 32, 32, 3), np.uint8), np.array([0]))
-    with pytest.raises(DataError, match="missing CIFAR-10 train file.*data_batch_2.bin, data_batch_3.bin"):
+    with pytest.raises(
+        DataError, match="missing CIFAR-10 train file.*data_batch_2.bin, data_batch_3.bin"
+    ):
         load_split(tmp_path, "train")
 
 
 def test_load_split_on_empty_folder_says_to_download(tmp_path):
     (tmp_path / CIFAR100.folder).mkdir()
-    with pytest.raises(DataError, match="no CIFAR-100 data in .*cifarlab download --dataset cifar100"):
+    with pytest.raises(
+        DataError, match="no CIFAR-100 data in .*cifarlab download --dataset cifar100"
+    ):
         load_split(tmp_path, "test", "cifar100")
 
 

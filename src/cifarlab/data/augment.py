@@ -55,7 +55,9 @@ def sample_distortions(
 
 
 @functools.lru_cache(maxsize=16)
-def _window_index(height: int, width: int, channels: int, crop: int, device: torch.device) -> torch.Tensor:
+def _window_index(
+    height: int, width: int, channels: int, crop: int, device: torch.device
+) -> torch.Tensor:
     """int32 [2, C*crop*crop]: flat HWC offsets of a crop window at (0, 0) in NCHW order,
     row 0 as is, row 1 mirrored left-right. Cached: it depends only on the shapes."""
     c = torch.arange(channels)[:, None, None]
@@ -82,7 +84,9 @@ def crop_and_flip(
     """
     b, h, w, c = images.shape
     table = _window_index(h, w, c, crop, images.device)
-    start = (torch.arange(b, device=images.device) * (h * w * c) + offset_y * (w * c) + offset_x * c).int()
+    start = (
+        torch.arange(b, device=images.device) * (h * w * c) + offset_y * (w * c) + offset_x * c
+    ).int()
     pattern = table[0].expand(b, -1) if flip is None else table.index_select(0, flip.int())
     index = (pattern + start[:, None]).reshape(-1)  # [B * C * crop * crop]
     return images.reshape(-1).index_select(0, index).view(b, c, crop, crop).float()
@@ -107,7 +111,9 @@ def per_image_standardization(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / var.sqrt().clamp_min(1.0 / math.sqrt(n))
 
 
-def _contrast_and_standardize(x: torch.Tensor, delta: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def _contrast_and_standardize(
+    x: torch.Tensor, delta: torch.Tensor, factor: torch.Tensor
+) -> torch.Tensor:
     """brightness -> contrast -> standardization as one affine map per channel.
 
     With m_c the channel means, M their average and v_c the channel variances:
@@ -125,13 +131,17 @@ def _contrast_and_standardize(x: torch.Tensor, delta: torch.Tensor, factor: torc
     var_c = (centred * centred).sum(dim=2, keepdim=True) / (h * w)  # [B, C, 1]
     grand_mean = mean_c.mean(dim=1, keepdim=True)  # [B, 1, 1]
     f = factor.view(b, 1, 1).to(x.dtype)
-    var_y = f**2 * var_c.mean(dim=1, keepdim=True) + ((mean_c - grand_mean) ** 2).mean(dim=1, keepdim=True)
+    var_y = f**2 * var_c.mean(dim=1, keepdim=True) + ((mean_c - grand_mean) ** 2).mean(
+        dim=1, keepdim=True
+    )
     std_y = var_y.sqrt().clamp_min(1.0 / math.sqrt(c * h * w))  # [B, 1, 1]
     del delta  # cancels; see docstring
     return torch.addcmul((mean_c - grand_mean) / std_y, centred, f / std_y).view(b, c, h, w)
 
 
-def distorted_inputs(images: torch.Tensor, generator: torch.Generator, crop: int = CROP_SIZE) -> torch.Tensor:
+def distorted_inputs(
+    images: torch.Tensor, generator: torch.Generator, crop: int = CROP_SIZE
+) -> torch.Tensor:
     """Training transform: uint8 [B, 32, 32, 3] -> float32 [B, 3, 24, 24]."""
     p = sample_distortions(images.shape[0], generator, images.shape[1], crop)
     x = crop_and_flip(images, p.offset_y, p.offset_x, p.flip, crop)

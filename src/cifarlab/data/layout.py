@@ -125,7 +125,9 @@ def dataset_info(name: str | DatasetInfo) -> DatasetInfo:
     try:
         return DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)}") from None
+        raise ValueError(
+            f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)}"
+        ) from None
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:

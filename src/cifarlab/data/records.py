@@ -102,7 +102,11 @@ def write_records(
 
 
 def load_split(
-    data_dir: str | os.PathLike | None, split: str, dataset: str = "cifar10", *, coarse: bool = False
+    data_dir: str | os.PathLike | None,
+    split: str,
+    dataset: str = "cifar10",
+    *,
+    coarse: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All files of a split, concatenated in official order -> (images, labels).
 

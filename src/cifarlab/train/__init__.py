@@ -1,0 +1,1 @@
+"""Training: the step loop and its parts (schedules, averages, checkpoints, distributed)."""

@@ -1,0 +1,263 @@
+"""train(config): the step loop. It knows the recipe's parts by name (model, transform,
+loss, schedule), never a particular network.
+
+One step: learning rate for this step -> batch -> forward -> loss (+ weight decay) ->
+backward -> SGD update -> moving average of the weights. Around it: console line every
+`log_every` steps, summaries every `summary_every`, checkpoint every `checkpoint_every` and
+at the end, a stop request honoured at a step boundary, divergence caught.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig, differing_fields, load_config, save_config
+from ..data.augment import distorted_inputs
+from ..data.datasets import load_run_split
+from ..data.layout import dataset_info
+from ..data.loader import TrainBatches
+from ..errors import CifarlabError, ConfigError
+from ..evaluate import evaluate_model
+from ..models import build_model
+from ..tracking import RunLog, SilentLog
+from .checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+from .ema import ScalarAverage, WeightAverage
+from .losses import tutorial_loss
+from .optim import make_optimizer, staircase_decay_steps, staircase_learning_rate
+from .runtime import Placement, StopRequests, pick_device
+
+TRANSFORMS = {"tutorial": distorted_inputs}
+
+
+class Diverged(CifarlabError):
+    pass
+
+
+class Interrupted(CifarlabError):
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+@dataclass
+class TrainResult:
+    step: int
+    run_dir: Path
+    eval: dict | None
+    resumed_from: int | None
+
+
+def resolve_run(config: TrainConfig, asked: dict) -> tuple[TrainConfig, Path | None]:
+    """Continue the run in config's run directory if it holds a checkpoint.
+
+    A continued run keeps its saved configuration; fields the user asked for explicitly
+    must agree with it, except those that do not change what is computed (max_steps...).
+    """
+    run_dir = config.resolved_run_dir
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        return config, None
+    saved_path = run_dir / "config.json"
+    if not saved_path.is_file():
+        raise ConfigError(f"{run_dir} holds checkpoints but no config.json: name a new --run-dir")
+    saved = load_config(saved_path)
+    differ = differing_fields(saved, asked)
+    if differ:
+        details = ", ".join(
+            f"{name} (saved {getattr(saved, name)!r}, asked {asked[name]!r})" for name in differ
+        )
+        raise ConfigError(f"{run_dir} holds a run with a different configuration: {details}. "
+                          "To start over, name a new --run-dir; nothing is ever deleted")  # fmt: skip
+    keep = {k: v for k, v in asked.items() if k in saved.to_dict()}
+    return TrainConfig(**{**saved.to_dict(), **keep, "run_dir": str(run_dir)}), checkpoint
+
+
+def _activation_hooks(model: torch.nn.Module, store: dict):
+    points = getattr(model, "activation_points", lambda: {})()
+    return [
+        module.register_forward_hook(lambda m, i, o, tag=tag: store.__setitem__(tag, o.detach()))
+        for tag, module in points.items()
+    ]
+
+
+def train(
+    config: TrainConfig,
+    asked: dict | None = None,
+    placement: Placement | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Run (or continue) training as configured. `asked`: the fields the user set explicitly."""
+    config, checkpoint = resolve_run(config, asked if asked is not None else config.to_dict())
+    placement = placement or Placement(pick_device(config.device))
+    device = placement.device
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run_dir = config.resolved_run_dir
+    info = dataset_info(config.dataset)
+
+    if placement.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)
+        save_config(config, run_dir / "config.json")
+
+    train_images, train_labels = load_run_split(config, run_dir, "train", fetch=placement.is_main)
+    torch.manual_seed(config.seed)  # the initial weights
+    model = build_model(config.model, info.num_classes).to(device)
+    ema = WeightAverage(model, config.ema_decay)
+    optimizer = make_optimizer(model.parameters(), config.learning_rate, config.momentum)
+    batches = TrainBatches(
+        train_images, train_labels, config.batch_size, transform=TRANSFORMS[config.augment],
+        seed=config.seed, device=device, rank=placement.rank, world_size=placement.world_size,
+    )  # fmt: skip
+    decay_steps = staircase_decay_steps(
+        train_images.shape[0], batches.global_batch_size, config.epochs_per_decay
+    )
+    loss_average = ScalarAverage(config.loss_average_decay)
+    step = 0
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, map_location=device)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        batches.load_state_dict(state["data"])
+        loss_average.load_state_dict(state["loss_average"])
+        torch.set_rng_state(state["torch_rng"])
+        step = int(state["step"])
+
+    def snapshot() -> dict:
+        return {
+            "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(), "data": batches.state_dict(),
+            "loss_average": loss_average.state_dict(), "torch_rng": torch.get_rng_state(),
+            "config": config.to_dict(),
+        }  # fmt: skip
+
+    log = (
+        RunLog(run_dir, total_steps=config.max_steps, start_step=step, progress=progress)
+        if placement.is_main
+        else SilentLog()
+    )
+    if checkpoint is not None:
+        log.console(f"resuming {run_dir} from {checkpoint.name} (step {step})")
+    else:
+        log.text("config", "\n".join(f"    {k} = {v!r}" for k, v in config.to_dict().items()))
+    log.console(f"training {config.model} on {info.title}{' (synthetic)' if config.synthetic else ''}: "
+                f"{train_images.shape[0]:,} images, batch {batches.global_batch_size}, {config.max_steps:,} steps, "
+                f"device {device}, {torch.get_num_threads()} CPU threads, run dir {run_dir}")  # fmt: skip
+
+    activations: dict[str, torch.Tensor] = {}
+    resumed_from = step if checkpoint is not None else None
+    interval_start, interval_steps = time.perf_counter(), 0
+    examples_per_sec = float("nan")  # until the first console interval ends
+    started = time.perf_counter()
+    model.train()
+    with StopRequests() as stop:
+        while step < config.max_steps:
+            summary_step = (step + 1) % config.summary_every == 0
+            hooks = (
+                _activation_hooks(model, activations) if summary_step and placement.is_main else []
+            )
+            lr = staircase_learning_rate(
+                step, config.learning_rate, config.lr_decay_factor, decay_steps
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images, labels = batches.next_batch()  # [B, 3, 24, 24], [B]
+            logits = model(images)
+            loss, terms = tutorial_loss(model, logits, labels)
+            for hook in hooks:
+                hook.remove()
+            if (step + 1) % config.check_finite_every == 0 and not torch.isfinite(loss).item():
+                value = loss.item()
+                shown = "NaN" if value != value else ("Inf" if value > 0 else "-Inf")
+                raise Diverged(f"Model diverged with loss = {shown} at step {step + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            ema.update(model, step)
+            averages = loss_average.update(
+                {"total_loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+            )
+            log.advance()
+            interval_steps += 1
+
+            if step % config.log_every == 0 or step == config.max_steps:
+                elapsed = time.perf_counter() - interval_start
+                examples_per_sec = interval_steps * batches.global_batch_size / elapsed
+                log.console(f"{time.strftime('%Y-%m-%d %H:%M:%S')}: step {step}, loss = {loss.item():.2f} "
+                            f"({examples_per_sec:.1f} examples/sec; {elapsed / interval_steps:.3f} sec/batch)")  # fmt: skip
+                interval_start, interval_steps = time.perf_counter(), 0
+            if summary_step or step == config.max_steps:
+                scalars = {
+                    "learning_rate": lr,
+                    "examples_per_sec": examples_per_sec,
+                    "epoch": step / batches.steps_per_epoch,
+                }
+                scalars.update(
+                    {
+                        f"loss/{k} (raw)": float(v.detach())
+                        for k, v in {"total_loss": loss, **terms}.items()
+                    }
+                )
+                scalars.update({f"loss/{k}": float(v) for k, v in averages.items()})
+                log.scalars(step, scalars)
+            if summary_step and placement.is_main:
+                for tag, value in activations.items():
+                    log.histogram(f"{tag}/activations", value, step)
+                    log.scalars(
+                        step,
+                        {f"{tag}/sparsity": (value == 0).float().mean().item()},
+                        kind="sparsity",
+                    )
+                for name, param in model.named_parameters():
+                    log.histogram(f"weights/{name}", param, step)
+                    if param.grad is not None:
+                        log.histogram(f"gradients/{name}", param.grad, step)
+                log.images("distorted_inputs", images[:3], step)
+                activations.clear()
+            if placement.is_main and (
+                step % config.checkpoint_every == 0 or step == config.max_steps or stop.signal
+            ):
+                save_checkpoint(run_dir, step, snapshot(), keep=config.keep_checkpoints)
+            if stop.signal:
+                log.console(
+                    f"stopped by signal {stop.signal} at step {step}; checkpoint written, resume by running the same command"
+                )
+                log.close()
+                raise Interrupted(f"interrupted at step {step}", stop.signal)
+
+    train_seconds = time.perf_counter() - started
+    result = None
+    if placement.is_main:
+        test_images, test_labels = load_run_split(config, run_dir, "test")
+        averaged = build_model(config.model, info.num_classes).to(device)
+        averaged.load_state_dict(ema.state_dict())
+        result = evaluate_model(
+            averaged,
+            test_images,
+            test_labels,
+            num_classes=info.num_classes,
+            batch_size=config.eval_batch_size,
+            device=device,
+        )
+        log.scalars(
+            step,
+            {"eval/precision_at_1": result["precision_at_1"], "eval/loss": result["loss"]},
+            kind="eval",
+        )
+        log.console(f"{time.strftime('%Y-%m-%d %H:%M:%S')}: precision @ 1 = {result['precision_at_1']:.4f} "
+                    f"({result['correct']:,} / {result['examples']:,} test images, averaged weights, step {step}); "
+                    f"trained {train_seconds:.0f} s on {platform.node() or 'this machine'}")  # fmt: skip
+        log.close()
+    return TrainResult(step=step, run_dir=run_dir, eval=result, resumed_from=resumed_from)

@@ -1,0 +1,204 @@
+"""End-to-end training on the synthetic set: real processes, real files, real signals."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cifarlab.cli import main
+from cifarlab.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--synthetic", "--set", "synthetic_train_per_class=20", "--set", "synthetic_test_per_class=5",
+         "--batch-size", "16", "--threads", "1", "--no-progress"]  # fmt: skip
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "cifarlab", "train", *args]
+
+
+def _wait_for(predicate, process, timeout=120):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_short_synthetic_run_learns(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--synthetic", "--run-dir", str(run), "--max-steps", "150", "--batch-size", "32",
+                 "--set", "synthetic_train_per_class=60", "--set", "synthetic_test_per_class=20",
+                 "--summary-every", "50", "--no-progress", "--json"])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "step 10, loss = " in out and "examples/sec; " in out and "sec/batch)" in out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["examples"] == 200 and result["step"] == 150
+    assert result["precision_at_1"] > 0.5  # chance is 0.1
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["max_steps"] == 150 and saved["batch_size"] == 32 and saved["recipe"] == "tutorial"
+    # eval on the saved run agrees with the end-of-training figure
+    assert main(["eval", str(run), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["precision_at_1"] == result["precision_at_1"] and again["step"] == 150
+    assert again["examples"] == 200 and again["loss"] == pytest.approx(result["loss"], rel=1e-5)
+    # metrics.jsonl holds the scalars, including the final evaluation
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert train_steps == [50, 100, 150]
+    assert any(
+        r["kind"] == "eval" and r["eval/precision_at_1"] == result["precision_at_1"]
+        for r in records
+    )
+
+
+def test_tensorboard_files_hold_the_tutorial_summaries(tmp_path):
+    run = tmp_path / "run"
+    assert (
+        main(["train", *SMALL, "--run-dir", str(run), "--max-steps", "20", "--summary-every", "10"])
+        == 0
+    )
+    events = EventAccumulator(str(run), size_guidance={"histograms": 0, "images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ("learning_rate", "examples_per_sec", "loss/total_loss", "loss/total_loss (raw)",
+                "loss/cross_entropy", "loss/cross_entropy (raw)", "loss/weight_loss/local3.weight",
+                "conv1/sparsity", "local4/sparsity", "eval/precision_at_1"):  # fmt: skip
+        assert tag in tags["scalars"], tag
+    for tag in ("conv1/activations", "local3/activations", "softmax_linear/activations",
+                "weights/conv1.weight", "gradients/local4.weight"):  # fmt: skip
+        assert tag in tags["histograms"], tag
+    assert "distorted_inputs" in tags["images"]
+    assert [e.step for e in events.Scalars("learning_rate")] == [10, 20]
+    assert events.Scalars("learning_rate")[0].value == pytest.approx(0.1)
+
+
+def test_sigkill_then_restart_is_bit_identical(tmp_path):
+    args = [*SMALL, "--max-steps", "24", "--checkpoint-every", "4"]
+    straight = tmp_path / "straight"
+    subprocess.run(_cli(*args, "--run-dir", str(straight)), check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        _cli(*args, "--run-dir", str(killed)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    _wait_for(lambda: (killed / "ckpt-00000008.pt").exists(), process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert latest_checkpoint(killed).name != "ckpt-00000024.pt"
+    restarted = subprocess.run(
+        _cli(*args, "--run-dir", str(killed)), check=True, capture_output=True, text=True
+    )
+    assert "resuming" in restarted.stdout
+
+    a = load_checkpoint(straight / "ckpt-00000024.pt")
+    b = load_checkpoint(killed / "ckpt-00000024.pt")
+    for part in ("model", "ema"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), f"{part}/{name} differs"
+    assert (
+        a["data"]["epoch"] == b["data"]["epoch"]
+        and a["data"]["step_in_epoch"] == b["data"]["step_in_epoch"]
+    )
+
+
+def test_sigterm_writes_a_checkpoint_at_the_current_step_and_exits(tmp_path):
+    run = tmp_path / "run"
+    process = subprocess.Popen(_cli(*SMALL, "--run-dir", str(run), "--max-steps", "100000", "--checkpoint-every", "5"),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    _wait_for(lambda: (run / "ckpt-00000005.pt").exists(), process)
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    step = list_checkpoints(run)[-1][0]
+    assert step >= 5 and f"stopped by signal {int(signal.SIGTERM)} at step {step}" in out
+    assert load_checkpoint(latest_checkpoint(run))["step"] == step
+
+
+def test_divergence_stops_with_the_tutorial_message_and_keeps_good_checkpoints(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", *SMALL, "--run-dir", str(run), "--max-steps", "50", "--checkpoint-every", "1",
+                 "--set", "learning_rate=1e30"])  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "cifarlab train: error: Model diverged with loss = NaN at step " in err
+    bad_step = int(err.rsplit("at step ", 1)[1].split()[0])
+    steps = [s for s, _ in list_checkpoints(run)]
+    assert steps and max(steps) == bad_step - 1  # nothing saved from the diverged step
+    assert not (run / f"ckpt-{bad_step:08d}.pt").exists()
+
+
+def test_restart_checks_the_configuration(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert (
+        main(
+            ["train", *SMALL, "--run-dir", str(run), "--max-steps", "6", "--checkpoint-every", "3"]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "train",
+                *SMALL,
+                "--run-dir",
+                str(run),
+                "--max-steps",
+                "6",
+                "--seed",
+                "3",
+                "--set",
+                "learning_rate=0.05",
+            ]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert (
+        "different configuration: learning_rate (saved 0.1, asked 0.05), seed (saved 0, asked 3)"
+        in err
+    )
+    assert "name a new --run-dir" in err
+    # Raising --max-steps continues the run, and flags left out keep the saved values.
+    assert main(["train", "--run-dir", str(run), "--max-steps", "9", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "from ckpt-00000006.pt (step 6)" in out
+    assert [s for s, _ in list_checkpoints(run)] == [3, 6, 9]
+    assert json.loads((run / "config.json").read_text())["max_steps"] == 9
+
+
+def test_bad_config_values_are_one_line_errors(tmp_path, capsys):
+    assert (
+        main(["train", "--synthetic", "--run-dir", str(tmp_path / "r"), "--set", "learning_rat=1"])
+        == 1
+    )
+    assert "unknown field(s) learning_rat" in capsys.readouterr().err
+    assert (
+        main(["train", "--synthetic", "--run-dir", str(tmp_path / "r"), "--set", "max_steps=ten"])
+        == 1
+    )
+    assert "--set max_steps=ten: expected int" in capsys.readouterr().err
+    assert (
+        main(["train", "--synthetic", "--run-dir", str(tmp_path / "r"), "--batch-size", "0"]) == 1
+    )
+    assert "batch_size must be at least 1" in capsys.readouterr().err
+    (tmp_path / "c.toml").write_text("max_steps = [")
+    assert main(["train", "--config", str(tmp_path / "c.toml")]) == 1
+    assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_config_file_and_set(tmp_path, capsys):
+    (tmp_path / "c.toml").write_text("max_steps = 4\nlearning_rate = 0.05\nsynthetic = true\n")
+    run = tmp_path / "r"
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--run-dir", str(run), "--set", "learning_rate=0.02",
+                 "--set", "synthetic_train_per_class=20", "--batch-size", "16", "--no-progress"]) == 0  # fmt: skip
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["max_steps"] == 4 and saved["learning_rate"] == 0.02 and saved["synthetic"] is True

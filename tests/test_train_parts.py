@@ -1,0 +1,89 @@
+"""Schedules, averages and the loss at their corner cases, against hand computations."""
+
+import math
+
+import pytest
+import torch
+
+from cifarlab.models import build_model
+from cifarlab.train.ema import ScalarAverage, WeightAverage, ema_decay_at
+from cifarlab.train.losses import tutorial_loss
+from cifarlab.train.optim import staircase_decay_steps, staircase_learning_rate
+
+
+def test_decay_steps_of_the_tutorial():
+    assert staircase_decay_steps(50_000, 128, 350) == 136_718
+
+
+@pytest.mark.parametrize(
+    "step, rate",
+    [
+        (0, 0.1),
+        (1, 0.1),
+        (99_999, 0.1),
+        (136_717, 0.1),
+        (136_718, 0.01),
+        (273_435, 0.01),
+        (273_436, 0.001),
+    ],
+)
+def test_staircase_learning_rate_at_corner_steps(step, rate):
+    assert staircase_learning_rate(step, 0.1, 0.1, 136_718) == pytest.approx(rate, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "n, decay",
+    [
+        (0, 0.1),
+        (1, 2 / 11),
+        (10, 11 / 20),
+        (89_989, 89_990 / 89_999),
+        (89_990, 0.9999),
+        (10**6, 0.9999),
+    ],
+)
+def test_ema_decay_warm_up(n, decay):
+    assert ema_decay_at(n, 0.9999) == pytest.approx(decay, rel=1e-12)
+
+
+def test_weight_average_follows_tensorflow_update():
+    model = torch.nn.Linear(3, 2)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    average = WeightAverage(model, 0.9999)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    decay = average.update(model, num_updates=1)
+    assert decay == pytest.approx(2 / 11)
+    expected = initial["weight"] - (1 - 2 / 11) * (initial["weight"] - model.weight)
+    torch.testing.assert_close(average.shadow["weight"], expected)
+    torch.testing.assert_close(average.shadow["bias"], initial["bias"])  # unchanged weights stay
+
+
+def test_loss_averages_are_debiased():
+    avg = ScalarAverage(0.9)
+    assert avg.update({"loss": 4.0})["loss"] == pytest.approx(4.0)  # first value as is
+    second = avg.update({"loss": 2.0})["loss"]
+    assert second == pytest.approx((0.9 * 0.1 * 4 + 0.1 * 2) / (1 - 0.81))
+
+
+def test_loss_equals_a_hand_computation():
+    torch.manual_seed(0)
+    model = build_model("tutorial")
+    logits = torch.tensor(
+        [[2.0, 1.0, 0.0, 0, 0, 0, 0, 0, 0, 0], [0.0, 0, 0, 3.0, 0, 0, 0, 0, 0, 0]]
+    )
+    labels = torch.tensor([0, 5])
+    total, terms = tutorial_loss(model, logits, labels)
+    ce0 = -2.0 + math.log(math.exp(2) + math.exp(1) + 8)
+    ce1 = -0.0 + math.log(math.exp(3) + 9)
+    assert terms["cross_entropy"].item() == pytest.approx((ce0 + ce1) / 2, rel=1e-6)
+    w3 = model.local3.weight.detach().double()
+    w4 = model.local4.weight.detach().double()
+    assert terms["weight_loss/local3.weight"].item() == pytest.approx(
+        0.004 * (w3**2).sum().item() / 2, rel=1e-5
+    )
+    assert terms["weight_loss/local4.weight"].item() == pytest.approx(
+        0.004 * (w4**2).sum().item() / 2, rel=1e-5
+    )
+    assert set(terms) == {"cross_entropy", "weight_loss/local3.weight", "weight_loss/local4.weight"}
+    assert total.item() == pytest.approx(sum(t.item() for t in terms.values()), rel=1e-6)
