@@ -5,7 +5,7 @@ from cifarlab.data.augment import distorted_inputs, inputs
 from cifarlab.data.loader import TrainBatches, eval_batches
 
 
-def _identity(raw, generator=None):
+def _identity(raw, generator=None, part=None):
     return raw
 
 
@@ -95,3 +95,19 @@ def test_eval_counts_every_example_exactly_once(world_size):
             assert x.shape == (y.numel(), 3, 24, 24)
             seen += y.tolist()
     assert sorted(seen) == list(range(1000))
+
+
+def test_ranks_see_exactly_the_distortions_of_one_process():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (700, 32, 32, 3), dtype=torch.uint8, generator=g)
+    labels = torch.arange(700)
+    single = TrainBatches(images, labels, 128, transform=distorted_inputs, seed=4)
+    ranks = [
+        TrainBatches(images, labels, 64, transform=distorted_inputs, seed=4, rank=r, world_size=2)
+        for r in range(2)
+    ]
+    for _ in range(7):  # crosses the epoch boundary (5 steps an epoch)
+        x, y = single.next_batch()
+        parts = [r.next_batch() for r in ranks]
+        assert torch.equal(torch.cat([p[1] for p in parts]), y)
+        assert torch.equal(torch.cat([p[0] for p in parts]), x)

@@ -71,7 +71,7 @@ def _explicit_train_fields(args: argparse.Namespace) -> dict:
     if args.config:
         asked.update(load_toml(args.config))
     asked.update(parse_set(args.set or []))
-    for name in ("dataset", "data_dir", "run_dir", "max_steps", "batch_size", "seed", "device",
+    for name in ("dataset", "data_dir", "run_dir", "max_steps", "batch_size", "global_batch_size", "seed", "device",
                  "log_every", "summary_every", "checkpoint_every", "threads"):  # fmt: skip
         value = getattr(args, name)
         if value is not None:
@@ -178,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-steps", type=int, help="optimizer steps (tutorial: 100,000)")
     p.add_argument("--batch-size", type=int, help="images per step per process (tutorial: 128)")
+    p.add_argument(
+        "--global-batch-size",
+        type=int,
+        help="images per step over all processes (torchrun); fixed whatever the process count",
+    )
     p.add_argument(
         "--seed", type=int, help="seed for weights, data order, augmentation (default 0)"
     )

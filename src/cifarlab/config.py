@@ -40,7 +40,8 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch; 0: torch's default (all cores)
     # How long, how big
     max_steps: int = 100_000  # optimizer steps (the documented run; the original's default was 1M)
-    batch_size: int = 128  # images per step per process
+    batch_size: int = 128  # images per step per process (the tutorial's towers: 128 each)
+    global_batch_size: int = 0  # images per step over all processes; 0: batch_size x processes
     seed: int = 0  # weights, data order and augmentation all derive from it
     # Optimizer: plain SGD with a staircase decay of the learning rate
     learning_rate: float = 0.1  # initial, per step
@@ -162,6 +163,10 @@ def validate(config: TrainConfig) -> None:
         problems.append(f"dataset {config.dataset!r} is not one of {', '.join(DATASETS)}")
     if config.model not in model_names():
         problems.append(f"model {config.model!r} is not one of {', '.join(model_names())}")
+    if config.global_batch_size < 0:
+        problems.append(
+            f"global_batch_size must be 0 (off) or positive, got {config.global_batch_size}"
+        )
     for name in ("max_steps", "batch_size", "log_every", "summary_every", "checkpoint_every",
                  "keep_checkpoints", "eval_batch_size", "check_finite_every"):  # fmt: skip
         if getattr(config, name) < 1:

@@ -140,12 +140,23 @@ def _contrast_and_standardize(
 
 
 def distorted_inputs(
-    images: torch.Tensor, generator: torch.Generator, crop: int = CROP_SIZE
+    images: torch.Tensor,
+    generator: torch.Generator,
+    crop: int = CROP_SIZE,
+    part: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Training transform: uint8 [B, 32, 32, 3] -> float32 [B, 3, 24, 24]."""
-    p = sample_distortions(images.shape[0], generator, images.shape[1], crop)
-    x = crop_and_flip(images, p.offset_y, p.offset_x, p.flip, crop)
-    return _contrast_and_standardize(x, p.brightness_delta, p.contrast_factor)
+    """Training transform: uint8 [B, 32, 32, 3] -> float32 [B, 3, 24, 24].
+
+    `part=(offset, total)` says these B images are positions offset..offset+B of a batch of
+    `total` split across processes: the parameters are drawn for the whole batch and this
+    part's slice is used, so N ranks see exactly the distortions one process would.
+    """
+    b = images.shape[0]
+    offset, total = part if part is not None else (0, b)
+    p = sample_distortions(total, generator, images.shape[1], crop)
+    take = slice(offset, offset + b)
+    x = crop_and_flip(images, p.offset_y[take], p.offset_x[take], p.flip[take], crop)
+    return _contrast_and_standardize(x, p.brightness_delta[take], p.contrast_factor[take])
 
 
 def inputs(images: torch.Tensor, crop: int = CROP_SIZE) -> torch.Tensor:

@@ -30,9 +30,11 @@ class TrainBatches:
     ranks' shards are disjoint, together cover the epoch (less the dropped remainder), and
     2 ranks x 64 see exactly the examples 1 rank x 128 sees.
 
-    The permutation of epoch e depends only on (seed, e), drawn on the CPU so every device
-    sees the same order; the augmentation stream is a generator on the data's device, one
-    per rank. `state_dict()` holds all that is needed to continue bit-exactly.
+    Randomness is a pure function of the position, so nothing random needs saving: the
+    permutation of epoch e comes from (seed, e), drawn on the CPU so every device sees the
+    same order; the distortions of global batch k come from (seed, k), drawn for the whole
+    global batch on every rank, each rank using its slice. So N ranks reproduce one process
+    exactly, and `state_dict()` (the position) is all that resume needs.
     """
 
     def __init__(
@@ -63,8 +65,7 @@ class TrainBatches:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.generator = torch.Generator(self.device)
-        self.generator.manual_seed(derive_seed(seed, "augment", rank))
+        self.generator = torch.Generator(self.device)  # re-seeded for every batch
         self.epoch = 0
         self.step_in_epoch = 0
         self._order: torch.Tensor | None = None  # the current epoch's permutation, on device
@@ -86,11 +87,18 @@ class TrainBatches:
             self._order = None
         return indices
 
+    @property
+    def batches_drawn(self) -> int:
+        """Global batches drawn so far: the position in the stream."""
+        return self.epoch * self.steps_per_epoch + self.step_in_epoch
+
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (transformed images, labels int64 [batch_size]), both on the device."""
+        self.generator.manual_seed(derive_seed(self.seed, "augment", self.batches_drawn))
         indices = self.next_indices()
         raw = self.images.index_select(0, indices)  # index_select: 10x faster than x[idx] on CPU
-        return self.transform(raw, self.generator), self.labels.index_select(0, indices)
+        part = (self.rank * self.batch_size, self.global_batch_size)
+        return self.transform(raw, self.generator, part=part), self.labels.index_select(0, indices)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:
@@ -104,7 +112,6 @@ class TrainBatches:
         return {
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
-            "generator": self.generator.get_state(),
             "seed": self.seed,
             "global_batch_size": self.global_batch_size,
         }
@@ -118,7 +125,6 @@ class TrainBatches:
             )
         self.epoch = int(state["epoch"])
         self.step_in_epoch = int(state["step_in_epoch"])
-        self.generator.set_state(state["generator"])
         self._order = None
 
 

@@ -32,9 +32,9 @@ def make_images(labels: np.ndarray, num_classes: int, rng: np.random.Generator) 
     freq = frequencies[labels][:, None, None]
     phase = rng.uniform(0, 2 * math.pi, size=(n, 1, 1))
     wave = np.sin(freq * (xs * np.cos(angle) + ys * np.sin(angle)) + phase)  # [N, 32, 32]
-    strength = rng.uniform(20, 60, size=(n, 1, 1, 1))
+    strength = rng.uniform(40, 80, size=(n, 1, 1, 1))
     images = colours[labels][:, None, None, :] + strength * wave[..., None]
-    images += rng.normal(0, 45, size=images.shape)
+    images += rng.normal(0, 25, size=images.shape)
     return np.clip(np.rint(images), 0, 255).astype(np.uint8)
 
 

@@ -15,6 +15,7 @@ class Placement:
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    local_rank: int = 0  # rank within this node: it fetches the node's data
 
     @property
     def is_main(self) -> bool:

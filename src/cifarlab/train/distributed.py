@@ -1,0 +1,75 @@
+"""torchrun / DistributedDataParallel: process placement and the few collectives we need.
+
+Under torchrun every process has RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE in its
+environment; `cifarlab train` then joins the process group (NCCL on CUDA, gloo on the CPU)
+and trains with DDP. Without them it is a single process and nothing here communicates.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..errors import ConfigError
+from .runtime import Placement, pick_device
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def setup(device_name: str) -> Placement:
+    """Join the process group if torchrun started us; pick this process's device."""
+    if not launched_by_torchrun():
+        return Placement(pick_device(device_name))
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        available = torch.cuda.device_count()
+        if local_world > available:
+            raise ConfigError(f"{local_world} processes on this node but only {available} CUDA device(s): "
+                              f"use --nproc-per-node {available} or fewer, or --device cpu")  # fmt: skip
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size
+        )
+    return Placement(device, rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj: Any, placement: Placement) -> Any:
+    """Rank 0's `obj` on every rank (pickled; for configs and checkpoints, not per step)."""
+    if placement.world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(
+        box, src=0, device=placement.device if placement.device.type == "cuda" else None
+    )
+    return box[0]
+
+
+def barrier(placement: Placement) -> None:
+    if placement.world_size > 1:
+        dist.barrier()
+
+
+def any_rank(flags: list[torch.Tensor | int | bool], placement: Placement) -> list[int]:
+    """Element-wise max of small integer flags across ranks (one all-reduce): every rank
+    takes the same decision to stop, so none is left waiting in a collective."""
+    values = torch.stack(
+        [torch.as_tensor(f, device=placement.device).reshape(()).to(torch.int32) for f in flags]
+    )
+    if placement.world_size > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values.tolist()
