@@ -1,0 +1,116 @@
+"""torchrun + DistributedDataParallel on the CPU (gloo), as a user starts it."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from cifarlab.cli import main
+from cifarlab.config import build_config
+from cifarlab.errors import ConfigError
+from cifarlab.models import build_model
+from cifarlab.train.checkpoint import list_checkpoints, load_checkpoint
+from cifarlab.train.loop import _per_rank_batch
+
+pytestmark = pytest.mark.slow
+
+DATA = [
+    "--synthetic",
+    "--set",
+    "synthetic_train_per_class=20",
+    "--set",
+    "synthetic_test_per_class=5",
+    "--no-progress",
+]
+
+
+def _torchrun(*args, nproc=2):
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    return [torchrun, "--standalone", f"--nproc-per-node={nproc}", "-m", "cifarlab", "train", *args]
+
+
+def test_two_processes_write_one_set_of_checkpoints_and_logs(tmp_path, capsys):
+    run = tmp_path / "run"
+    out = subprocess.run(_torchrun(*DATA, "--run-dir", str(run), "--max-steps", "20", "--batch-size", "16",
+                                   "--checkpoint-every", "10", "--summary-every", "10"),
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert out.count("training tutorial on CIFAR-10 (synthetic)") == 1  # rank 0 alone speaks
+    assert "batch 32 (2 x 16)" in out and "precision @ 1 = " in out
+    assert [s for s, _ in list_checkpoints(run)] == [10, 20]
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1
+    assert len((run / "metrics.jsonl").read_text().splitlines()) >= 3
+    assert load_checkpoint(run / "ckpt-00000020.pt")["world_size"] == 2
+    # Continuing with another process count would change the global batch: refused clearly.
+    assert main(["train", "--run-dir", str(run), "--max-steps", "30", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot continue" in err and "with 1 process(es)" in err and "--global-batch-size" in err
+
+
+def test_two_ranks_of_16_equal_one_process_of_32(tmp_path):
+    # Same examples, same distortions, gradients averaged: the same weights up to float rounding.
+    common = [*DATA, "--max-steps", "6", "--checkpoint-every", "6"]
+    subprocess.run(
+        _torchrun(*common, "--run-dir", str(tmp_path / "two"), "--batch-size", "16"),
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run([sys.executable, "-m", "cifarlab", "train", *common, "--run-dir", str(tmp_path / "one"),
+                    "--batch-size", "32", "--threads", "1"], check=True, capture_output=True)  # fmt: skip
+    two = load_checkpoint(tmp_path / "two" / "ckpt-00000006.pt")
+    one = load_checkpoint(tmp_path / "one" / "ckpt-00000006.pt")
+    for name, w in one["model"].items():
+        torch.testing.assert_close(two["model"][name], w, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(two["ema"][name], one["ema"][name], rtol=1e-4, atol=1e-5)
+    torch.manual_seed(0)
+    initial = build_model("tutorial").state_dict()
+    assert not torch.allclose(
+        initial["local3.weight"], one["model"]["local3.weight"]
+    )  # it did train
+
+
+def test_a_stopped_two_process_run_resumes_from_its_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    args = [*DATA, "--run-dir", str(run), "--batch-size", "16", "--checkpoint-every", "5"]
+    process = subprocess.Popen(
+        _torchrun(*args, "--max-steps", "100000"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 180
+    while not (run / "ckpt-00000005.pt").exists():
+        assert process.poll() is None and time.time() < deadline, process.communicate()[0]
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)  # what a scheduler sends; torchrun forwards it to the ranks
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode != 0
+    stopped = list_checkpoints(run)[-1][0]
+    assert stopped >= 5 and "stopped by signal" in out
+    resumed = subprocess.run(
+        _torchrun(*args, "--max-steps", str(stopped + 4)),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"resuming {run} from ckpt-{stopped:08d}.pt (step {stopped})" in resumed
+    assert list_checkpoints(run)[-1][0] == stopped + 4
+
+
+def test_a_global_batch_must_divide_among_the_processes():
+    config = build_config("tutorial", {"global_batch_size": 256})
+    assert _per_rank_batch(config, 2) == 128 and _per_rank_batch(config, 4) == 64
+    with pytest.raises(ConfigError, match="global batch 256 does not divide among 3 processes"):
+        _per_rank_batch(config, 3)
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message on a machine without CUDA"
+)
+def test_cuda_asked_without_cuda_is_a_one_line_error(tmp_path, capsys):
+    assert main(["train", *DATA, "--run-dir", str(tmp_path / "r"), "--device", "cuda"]) == 1
+    assert "--device cuda: CUDA is not available on this machine" in capsys.readouterr().err
