@@ -113,32 +113,119 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
+    from .evaluate import evaluate_run, format_results, results_name, save_results
+    from .train.runtime import pick_device
 
-    from .data.datasets import load_run_split
-    from .data.layout import dataset_info
-    from .evaluate import evaluate_model, load_averaged_model
+    run_dir = Path(args.run_dir)
+    device = pick_device(args.device)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.checkpoint != "latest" and not Path(args.checkpoint).is_file():
+        raise CifarlabError(f"--checkpoint {args.checkpoint}: no such file")
+    options = {"weights": args.weights, "split": args.split, "tta": args.tta}
+
+    def run_once(checkpoint: Path | None) -> dict:
+        result, class_names = evaluate_run(
+            run_dir,
+            checkpoint,
+            batch_size=args.batch_size,
+            device=device,
+            data_dir=args.data_dir,
+            **options,
+        )
+        saved = save_results(run_dir, result, class_names, **options)
+        print(
+            f"{run_dir}: step {result['step']}, {args.weights} weights, {args.split} split{', TTA' if args.tta else ''}"
+        )
+        print(format_results(result, class_names))
+        print(f"saved {saved} and its confusion matrix PNG")
+        if args.json:
+            keys = (
+                "precision_at_1",
+                "precision_at_5",
+                "loss",
+                "examples",
+                "step",
+                "per_class",
+                "confusion_matrix",
+            )
+            print(json.dumps({k: result[k] for k in keys}), flush=True)
+        return result
+
+    if not args.watch:
+        run_once(None if args.checkpoint == "latest" else Path(args.checkpoint))
+        return 0
+    from .watch import watch_run
+
+    def already_done(step: int) -> bool:
+        return (
+            run_dir / "eval" / f"{results_name(step, args.split, args.weights, args.tta)}.json"
+        ).is_file()
+
+    import time
+
+    while not (run_dir / "config.json").is_file():  # the trainer has not started yet
+        print(f"waiting for a run to appear in {run_dir}", flush=True)
+        time.sleep(min(args.interval_secs, 5))
+    watch_run(
+        run_dir,
+        lambda step, path: run_once(path),
+        interval_secs=args.interval_secs,
+        already_done=already_done,
+    )
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluate import load_run_model
+    from .predict import predict_files
     from .train.runtime import pick_device
 
     device = pick_device(args.device)
-    model, config, state = load_averaged_model(Path(args.run_dir), device=device)
-    info = dataset_info(config.dataset)
-    images, labels = load_run_split(config, Path(args.run_dir), "test", data_dir=args.data_dir)
-    torch.set_num_threads(torch.get_num_threads())
-    result = evaluate_model(
-        model,
-        images,
-        labels,
-        num_classes=info.num_classes,
-        batch_size=args.batch_size,
-        device=device,
-    )
-    step = int(state["step"])
-    print(f"{args.run_dir}: step {step}, precision @ 1 = {result['precision_at_1']:.4f} "
-          f"({result['correct']:,} / {result['examples']:,}), loss = {result['loss']:.4f}, averaged weights")  # fmt: skip
+    model, config, state = load_run_model(Path(args.run_dir), device=device)
+    from .data.layout import dataset_info
+
+    class_names = dataset_info(config.dataset).class_names
+    results = predict_files(model, args.images, class_names, top_k=args.top_k, device=device)
+    failed = 0
+    for item in results:
+        if "error" in item:
+            failed += 1
+            print(f"cifarlab predict: error: {item['file']}: {item['error']}", file=sys.stderr)
+            continue
+        if not args.json:
+            best = ", ".join(f"{p['class']} {p['probability']:.1%}" for p in item["top"])
+            print(f"{item['file']}: {best}")
     if args.json:
-        print(json.dumps({"precision_at_1": result["precision_at_1"], "precision_at_5": result["precision_at_5"],
-                          "loss": result["loss"], "examples": result["examples"], "step": step}))  # fmt: skip
+        print(json.dumps({"step": int(state["step"]), "results": results}))
+    return 1 if failed else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .export import export_run
+
+    export_run(
+        Path(args.run_dir),
+        args.format,
+        Path(args.out) if args.out else None,
+        check_images=args.check_images,
+    )
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report import write_report
+
+    out = write_report(Path(args.run_dir))
+    print(f"wrote {out}")
     return 0
 
 
@@ -211,17 +298,72 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_cmd_train)
 
-    p = commands.add_parser(
-        "eval",
-        help="precision @ 1 of a run's averaged weights",
-        description="Evaluate a run's newest checkpoint on the test set, each image once.",
-    )
+    p = commands.add_parser("eval", help="evaluate a run's checkpoint(s): precision @ 1/5, per class, confusion",
+                            description="Evaluate a run's averaged weights on its test set, each image exactly once; "
+                                        "once, or on every new checkpoint with --watch.")  # fmt: skip
     p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--checkpoint", default="latest", help="latest (default) or a checkpoint file")
+    p.add_argument(
+        "--weights",
+        choices=["ema", "raw"],
+        default="ema",
+        help="moving-average weights (default, as the original) or raw",
+    )
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument(
+        "--tta", action="store_true", help="average the logits of each image and its mirror"
+    )
     p.add_argument("--data-dir", help="data root, overriding the run's saved one")
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: all; a watcher beside training may want 1)",
+    )
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="evaluate each new checkpoint as it appears, until training ends",
+    )
+    p.add_argument(
+        "--interval-secs",
+        type=float,
+        default=300.0,
+        help="with --watch: seconds between looks (default 300)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object per evaluation as the last line"
+    )
     p.set_defaults(run=_cmd_eval)
+
+    p = commands.add_parser("predict", help="classify your own images with a trained run",
+                            description="Top-k classes for image files (PNG, JPEG, BMP, GIF, WebP; any size or mode).")  # fmt: skip
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.set_defaults(run=_cmd_predict)
+
+    p = commands.add_parser("export", help="export the averaged weights to ONNX or TorchScript, verified",
+                            description="Export a run's averaged weights with the evaluation preprocessing inside: "
+                                        "input uint8 RGB [N, 32, 32, 3], output logits.")  # fmt: skip
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", help="output file (default RUN_DIR/model.onnx or model.torchscript.pt)")
+    p.add_argument(
+        "--check-images",
+        type=int,
+        default=1000,
+        help="test images compared against PyTorch after export",
+    )
+    p.set_defaults(run=_cmd_export)
+
+    p = commands.add_parser("report", help="plots and a Markdown summary of a run",
+                            description="PNG plots of loss, learning rate, examples/s and eval precision, and report.md.")  # fmt: skip
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(run=_cmd_report)
 
     p = commands.add_parser(
         "bench",

@@ -49,7 +49,7 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes:
         num_classes, num_classes
     )
     per_class_total = confusion.sum(dim=1)
-    per_class = (confusion.diagonal().double() / per_class_total.clamp_min(1)).tolist()
+    per_class = (confusion.diagonal().double() / per_class_total.clamp_min(1)).tolist()  # [K]
     return {
         "precision_at_1": hit1.double().mean().item(),
         "precision_at_5": hit5.double().mean().item(),
@@ -57,6 +57,7 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes:
         "examples": n,
         "correct": int(hit1.sum()),
         "per_class": per_class,
+        "per_class_examples": per_class_total.tolist(),
         "confusion_matrix": confusion.tolist(),  # rows: true class, columns: predicted
     }
 
@@ -77,14 +78,16 @@ def evaluate_model(
     return metrics_from_logits(logits, labels.cpu(), num_classes)
 
 
-def load_averaged_model(
+def load_run_model(
     run_dir: Path,
     checkpoint: Path | None = None,
     *,
     weights: str = "ema",
     device: str | torch.device = "cpu",
 ):
-    """-> (model with the checkpoint's averaged (or raw) weights, config, checkpoint state)."""
+    """-> (model with the checkpoint's averaged (or raw) weights, config, checkpoint state).
+
+    `checkpoint`: a path, or None for the run's newest."""
     from .config import load_config
     from .data.layout import dataset_info
     from .errors import CifarlabError
@@ -103,3 +106,156 @@ def load_averaged_model(
     model = build_model(config.model, dataset_info(config.dataset).num_classes)
     model.load_state_dict(state["ema" if weights == "ema" else "model"])
     return model.to(device), config, state
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting and saving results
+
+
+def results_name(step: int, split: str, weights: str, tta: bool) -> str:
+    """File stem for one evaluation: step-00001000, plus what differs from the default."""
+    extras = [
+        x for x, on in ((split, split != "test"), (weights, weights != "ema"), ("tta", tta)) if on
+    ]
+    return "-".join([f"step-{step:08d}", *extras])
+
+
+def format_results(result: dict, class_names: tuple[str, ...]) -> str:
+    """A readable table: per-class accuracy, then the confusion matrix (10 classes or fewer;
+    for CIFAR-100 the matrix is saved, not printed)."""
+    lines = [
+        f"precision @ 1 = {result['precision_at_1']:.4f} ({result['correct']:,} / {result['examples']:,}), "
+        f"precision @ 5 = {result['precision_at_5']:.4f}, loss = {result['loss']:.4f}",
+        "",
+        "per-class accuracy:",
+    ]
+    for name, acc, total in zip(
+        class_names, result["per_class"], result["per_class_examples"], strict=True
+    ):
+        lines.append(f"  {name:<16} {acc:7.2%}  ({total:,} images)")
+    if len(class_names) <= 10:
+        short = [n[:5] for n in class_names]
+        lines += [
+            "",
+            "confusion matrix (rows: true class, columns: predicted):",
+            " " * 12 + "".join(f"{n:>7}" for n in short),
+        ]
+        for name, row in zip(class_names, result["confusion_matrix"], strict=True):
+            lines.append(f"  {name[:10]:<10}" + "".join(f"{v:7d}" for v in row))
+    return "\n".join(lines)
+
+
+def save_confusion_png(
+    confusion: list[list[int]], class_names: tuple[str, ...], path: Path, title: str
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = torch.tensor(confusion, dtype=torch.float64)
+    rates = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)  # each row sums to 1
+    k = len(class_names)
+    size = 6 if k <= 10 else 16
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(
+        range(k),
+        class_names,
+        rotation=90 if k > 10 else 45,
+        ha="right" if k <= 10 else "center",
+        fontsize=8 if k <= 10 else 5,
+    )
+    ax.set_yticks(range(k), class_names, fontsize=8 if k <= 10 else 5)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    if k <= 10:
+        for i in range(k):
+            for j in range(k):
+                ax.text(
+                    j,
+                    i,
+                    int(counts[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if rates[i, j] > 0.5 else "black",
+                )
+    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save_results(
+    run_dir: Path,
+    result: dict,
+    class_names: tuple[str, ...],
+    *,
+    split: str,
+    weights: str,
+    tta: bool,
+) -> Path:
+    """Write the results JSON and the confusion PNG under run_dir/eval/, the scalars to
+    TensorBoard (run_dir/eval, at the checkpoint's step) and to metrics.jsonl."""
+    import json
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    out_dir = Path(run_dir) / "eval"
+    out_dir.mkdir(exist_ok=True)
+    stem = results_name(result["step"], split, weights, tta)
+    json_path = out_dir / f"{stem}.json"
+    tmp = json_path.with_name(f".{json_path.name}.tmp")
+    tmp.write_text(
+        json.dumps(
+            {
+                **result,
+                "split": split,
+                "weights": weights,
+                "tta": tta,
+                "class_names": list(class_names),
+            },
+            indent=1,
+        )
+    )
+    tmp.replace(json_path)
+    save_confusion_png(result["confusion_matrix"], class_names, out_dir / f"{stem}-confusion.png",
+                       f"step {result['step']}: precision @ 1 = {result['precision_at_1']:.4f}")  # fmt: skip
+    group = "eval" + "".join(f"_{x}" for x in stem.split("-")[2:])
+    scalars = {
+        f"{group}/precision_at_1": result["precision_at_1"],
+        f"{group}/precision_at_5": result["precision_at_5"],
+        f"{group}/loss": result["loss"],
+    }
+    with SummaryWriter(log_dir=str(out_dir)) as writer:
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, result["step"])
+    with open(
+        Path(run_dir) / "metrics.jsonl", "a"
+    ) as f:  # one short append: atomic beside the trainer's
+        f.write(json.dumps({"step": result["step"], "kind": "eval", **scalars}) + "\n")
+    return json_path
+
+
+def evaluate_run(run_dir: Path, checkpoint: Path | None = None, *, weights: str = "ema", split: str = "test", tta: bool = False,
+                 batch_size: int = 1000, device: torch.device | str = "cpu", data_dir: str | None = None) -> tuple[dict, tuple[str, ...]]:  # fmt: skip
+    """Evaluate one checkpoint of a run on its data set as saved in its configuration."""
+    from .data.datasets import load_run_split
+    from .data.layout import dataset_info
+
+    model, config, state = load_run_model(run_dir, checkpoint, weights=weights, device=device)
+    info = dataset_info(config.dataset)
+    images, labels = load_run_split(config, Path(run_dir), split, data_dir=data_dir)
+    result = evaluate_model(
+        model,
+        images,
+        labels,
+        num_classes=info.num_classes,
+        batch_size=batch_size,
+        device=device,
+        tta=tta,
+    )
+    result["step"] = int(state["step"])
+    return result, info.class_names

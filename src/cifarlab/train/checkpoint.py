@@ -76,10 +76,11 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int = 5) -> Pat
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """FileNotFoundError passes through (a watcher may lose a race with keep-N rotation)."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise CifarlabError(f"{path}: no such checkpoint") from None
+        raise
     except Exception as e:  # unpickling errors come in many types
         raise CifarlabError(
             f"{path}: not a readable cifarlab checkpoint ({type(e).__name__}: {e})"

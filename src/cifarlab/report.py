@@ -1,0 +1,123 @@
+"""`cifarlab report RUN_DIR`: plots of a run's metrics.jsonl and a short Markdown summary."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from .errors import CifarlabError
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise CifarlabError(
+            f"{run_dir}: no metrics.jsonl: not a cifarlab run, or not yet summarised"
+        )
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash: the rest is still worth plotting
+    return records
+
+
+def _series(records: list[dict], kind: str, key: str) -> tuple[list[int], list[float]]:
+    points = sorted(
+        {
+            r["step"]: r[key]
+            for r in records
+            if r.get("kind") == kind and isinstance(r.get(key), (int, float))
+        }.items()
+    )
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def write_report(run_dir: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    out_dir = run_dir / "report"
+    out_dir.mkdir(exist_ok=True)
+    panels = [
+        (
+            "training loss",
+            "loss.png",
+            [
+                ("train", "loss/total_loss", "total (0.9 average)"),
+                ("train", "loss/cross_entropy", "cross-entropy (0.9 average)"),
+            ],
+        ),
+        ("learning rate", "learning_rate.png", [("train", "learning_rate", "learning rate")]),
+        ("examples / s", "examples_per_sec.png", [("train", "examples_per_sec", "examples/s")]),
+        (
+            "eval precision @ 1",
+            "eval_precision.png",
+            [("eval", "eval/precision_at_1", "test, averaged weights")],
+        ),
+    ]
+    written = []
+    for title, filename, lines in panels:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        drawn = False
+        for kind, key, label in lines:
+            steps, values = _series(records, kind, key)
+            if steps:
+                ax.plot(steps, values, marker="o" if len(steps) < 30 else None, label=label)
+                drawn = True
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        if drawn:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out_dir / filename
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    config = (
+        json.loads((run_dir / "config.json").read_text())
+        if (run_dir / "config.json").is_file()
+        else {}
+    )
+    steps, precision = _series(records, "eval", "eval/precision_at_1")
+    times = [r["time"] for r in records if r.get("kind") == "train" and "time" in r]
+    _, speed = _series(records, "train", "examples_per_sec")
+    lines = [f"# Run report: {run_dir}", ""]
+    if precision:
+        lines.append(
+            f"**Final precision @ 1: {precision[-1]:.4f}** at step {steps[-1]:,} (test set, averaged weights)."
+        )
+    else:
+        lines.append("No evaluation recorded yet.")
+    if len(times) > 1:
+        lines.append(
+            f"Training time between the first and last summary: {(times[-1] - times[0]) / 60:.1f} min."
+        )
+    if speed:
+        finite = sorted(v for v in speed if v == v)
+        if finite:
+            lines.append(f"Median speed: {finite[len(finite) // 2]:,.0f} examples/s.")
+    lines += ["", f"Report written on {platform.node()}: {platform.platform()}, {platform.processor() or platform.machine()}, "
+              f"torch {torch.__version__}.", ""]  # fmt: skip
+    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in written] + [""]
+    if steps:
+        lines += ["## Evaluations", "", "| step | precision @ 1 |", "|---:|---:|"]
+        lines += [f"| {s:,} | {v:.4f} |" for s, v in zip(steps, precision, strict=True)] + [""]
+    lines += ["## Configuration", "", "| field | value |", "|---|---|"] + [
+        f"| {k} | {v!r} |" for k, v in config.items()
+    ]
+    summary = out_dir / "report.md"
+    summary.write_text("\n".join(lines) + "\n")
+    return summary
