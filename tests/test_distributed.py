@@ -15,7 +15,7 @@ from cifarlab.config import build_config
 from cifarlab.errors import ConfigError
 from cifarlab.models import build_model
 from cifarlab.train.checkpoint import list_checkpoints, load_checkpoint
-from cifarlab.train.loop import _per_rank_batch
+from cifarlab.train.distributed import per_rank_batch_size
 
 pytestmark = pytest.mark.slow
 
@@ -103,9 +103,9 @@ def test_a_stopped_two_process_run_resumes_from_its_checkpoint(tmp_path):
 
 def test_a_global_batch_must_divide_among_the_processes():
     config = build_config("tutorial", {"global_batch_size": 256})
-    assert _per_rank_batch(config, 2) == 128 and _per_rank_batch(config, 4) == 64
+    assert per_rank_batch_size(config, 2) == 128 and per_rank_batch_size(config, 4) == 64
     with pytest.raises(ConfigError, match="global batch 256 does not divide among 3 processes"):
-        _per_rank_batch(config, 3)
+        per_rank_batch_size(config, 3)
 
 
 @pytest.mark.skipif(

@@ -86,12 +86,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train.loop import Interrupted, train
 
     asked = _explicit_train_fields(args)
-    recipe = asked.pop("recipe", None) or args.recipe or "tutorial"
-    if args.recipe and asked.get("recipe", args.recipe) != args.recipe:
-        recipe = args.recipe
-    config = build_config(recipe, asked)
     if args.recipe:
-        asked["recipe"] = recipe
+        asked["recipe"] = args.recipe
+    recipe = asked.get("recipe", "tutorial")
+    config = build_config(recipe, {k: v for k, v in asked.items() if k != "recipe"})
     try:
         result = train(config, asked, progress=False if args.no_progress else None)
     except Interrupted as e:
@@ -121,7 +119,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.threads:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)  # a watcher beside training may leave it the cores
     if args.checkpoint != "latest" and not Path(args.checkpoint).is_file():
         raise CifarlabError(f"--checkpoint {args.checkpoint}: no such file")
     options = {"weights": args.weights, "split": args.split, "tta": args.tta}

@@ -73,3 +73,14 @@ def any_rank(flags: list[torch.Tensor | int | bool], placement: Placement) -> li
     if placement.world_size > 1:
         dist.all_reduce(values, op=dist.ReduceOp.MAX)
     return values.tolist()
+
+
+def per_rank_batch_size(config, world_size: int) -> int:
+    """Images per process per step: --batch-size, or --global-batch-size split evenly."""
+    if not config.global_batch_size:
+        return config.batch_size
+    if config.global_batch_size % world_size:
+        raise ConfigError(
+            f"global batch {config.global_batch_size} does not divide among {world_size} processes"
+        )
+    return config.global_batch_size // world_size

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import TrainConfig, differing_fields, load_config, save_config
+from ..config import TrainConfig, save_config
 from ..data.augment import distorted_inputs
 from ..data.datasets import load_run_split
 from ..data.layout import dataset_info
@@ -29,14 +29,13 @@ from ..models import build_model
 from ..tracking import RunLog, SilentLog
 from . import distributed
 from .checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
     remove_stale_temporaries,
     save_checkpoint,
 )
 from .ema import ScalarAverage, WeightAverage
 from .losses import tutorial_loss
 from .optim import make_optimizer, staircase_decay_steps, staircase_learning_rate
+from .resume import agree_on_run
 from .runtime import Placement, StopRequests
 from .status import write_status
 
@@ -59,60 +58,6 @@ class TrainResult:
     run_dir: Path
     eval: dict | None
     resumed_from: int | None
-
-
-def resolve_run(config: TrainConfig, asked: dict) -> tuple[TrainConfig, Path | None]:
-    """Continue the run in config's run directory if it holds a checkpoint.
-
-    A continued run keeps its saved configuration; fields the user asked for explicitly
-    must agree with it, except those that do not change what is computed (max_steps...).
-    """
-    run_dir = config.resolved_run_dir
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        return config, None
-    saved_path = run_dir / "config.json"
-    if not saved_path.is_file():
-        raise ConfigError(f"{run_dir} holds checkpoints but no config.json: name a new --run-dir")
-    saved = load_config(saved_path)
-    differ = differing_fields(saved, asked)
-    if differ:
-        details = ", ".join(
-            f"{name} (saved {getattr(saved, name)!r}, asked {asked[name]!r})" for name in differ
-        )
-        raise ConfigError(f"{run_dir} holds a run with a different configuration: {details}. "
-                          "To start over, name a new --run-dir; nothing is ever deleted")  # fmt: skip
-    keep = {k: v for k, v in asked.items() if k in saved.to_dict()}
-    return TrainConfig(**{**saved.to_dict(), **keep, "run_dir": str(run_dir)}), checkpoint
-
-
-def _agree_on_run(
-    config: TrainConfig, asked: dict, placement: Placement
-) -> tuple[TrainConfig, dict | None, str | None]:
-    """Rank 0 resolves the run and reads its checkpoint; every rank gets the same answer
-    (other nodes need not see rank 0's run directory). An error on rank 0 is raised on all."""
-    reply: tuple = ("ok", None, None, None)
-    if placement.is_main:
-        try:
-            resolved, checkpoint = resolve_run(config, asked)
-            state = load_checkpoint(checkpoint) if checkpoint is not None else None
-            reply = ("ok", resolved.to_dict(), state, checkpoint.name if checkpoint else None)
-        except CifarlabError as e:
-            reply = ("error", type(e).__name__, str(e), None)
-    reply = distributed.broadcast_object(reply, placement)
-    if reply[0] == "error":
-        raise (ConfigError if reply[1] == "ConfigError" else CifarlabError)(reply[2])
-    return TrainConfig(**reply[1]), reply[2], reply[3]
-
-
-def _per_rank_batch(config: TrainConfig, world_size: int) -> int:
-    if not config.global_batch_size:
-        return config.batch_size
-    if config.global_batch_size % world_size:
-        raise ConfigError(
-            f"global batch {config.global_batch_size} does not divide among {world_size} processes"
-        )
-    return config.global_batch_size // world_size
 
 
 def _activation_hooks(model: torch.nn.Module, store: dict):
@@ -154,13 +99,13 @@ def train(
 def _train(
     config: TrainConfig, asked: dict, placement: Placement, progress: bool | None
 ) -> TrainResult:
-    config, state, checkpoint_name = _agree_on_run(config, asked, placement)
+    config, state, checkpoint_name = agree_on_run(config, asked, placement)
     device, is_main = placement.device, placement.is_main
     if config.threads:
         torch.set_num_threads(config.threads)
     run_dir = config.resolved_run_dir
     info = dataset_info(config.dataset)
-    per_rank_batch = _per_rank_batch(config, placement.world_size)
+    per_rank_batch = distributed.per_rank_batch_size(config, placement.world_size)
 
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
