@@ -76,6 +76,7 @@ def test_tensorboard_files_hold_the_tutorial_summaries(tmp_path):
                 "weights/conv1.weight", "gradients/local4.weight"):  # fmt: skip
         assert tag in tags["histograms"], tag
     assert "distorted_inputs" in tags["images"]
+    assert tags["graph"]  # the network's graph, as the original wrote
     assert [e.step for e in events.Scalars("learning_rate")] == [10, 20]
     assert events.Scalars("learning_rate")[0].value == pytest.approx(0.1)
 

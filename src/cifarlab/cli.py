@@ -134,9 +134,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             **options,
         )
         saved = save_results(run_dir, result, class_names, **options)
-        print(
-            f"{run_dir}: step {result['step']}, {args.weights} weights, {args.split} split{', TTA' if args.tta else ''}"
-        )
+        print(f"{run_dir}: step {result['step']}, {args.weights} weights, {args.split} split{', TTA' if args.tta else ''}, "
+              f"{result['examples']:,} images in {result['seconds']:.1f} s on {device}")  # fmt: skip
         print(format_results(result, class_names))
         print(f"saved {saved} and its confusion matrix PNG")
         if args.json:

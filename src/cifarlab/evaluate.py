@@ -3,6 +3,7 @@ split, each example counted exactly once (the original counted 112 test images t
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -248,6 +249,7 @@ def evaluate_run(run_dir: Path, checkpoint: Path | None = None, *, weights: str 
     model, config, state = load_run_model(run_dir, checkpoint, weights=weights, device=device)
     info = dataset_info(config.dataset)
     images, labels = load_run_split(config, Path(run_dir), split, data_dir=data_dir)
+    started = time.perf_counter()
     result = evaluate_model(
         model,
         images,
@@ -257,5 +259,6 @@ def evaluate_run(run_dir: Path, checkpoint: Path | None = None, *, weights: str 
         device=device,
         tta=tta,
     )
+    result["seconds"] = time.perf_counter() - started  # the forward passes and metrics only
     result["step"] = int(state["step"])
     return result, info.class_names

@@ -66,6 +66,17 @@ class RunLog:
     def text(self, tag: str, text: str, step: int = 0) -> None:
         self.writer.add_text(tag, text, step)
 
+    def graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+        """The network's graph (TensorBoard's Graphs tab), traced once on an example batch."""
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracing warnings about Python-side shape maths
+            try:
+                self.writer.add_graph(model, example)
+            except Exception as e:  # a graph is a nicety: never let it stop training
+                self.console(f"(no graph summary: {type(e).__name__}: {e})")
+
     def flush(self) -> None:
         self.writer.flush()
         self.metrics.flush()
@@ -89,5 +100,6 @@ class SilentLog(RunLog):
     def histogram(self, tag, values, step) -> None: ...
     def images(self, tag, images, step) -> None: ...
     def text(self, tag, text, step=0) -> None: ...
+    def graph(self, model, example) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...

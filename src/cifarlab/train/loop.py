@@ -19,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import TrainConfig, save_config
-from ..data.augment import distorted_inputs
+from ..data.augment import distorted_inputs, inputs
 from ..data.datasets import load_run_split
 from ..data.layout import dataset_info
 from ..data.loader import TrainBatches
@@ -168,6 +168,7 @@ def _train(
         log.console(f"resuming {run_dir} from {checkpoint_name} (step {step})")
     else:
         log.text("config", "\n".join(f"    {k} = {v!r}" for k, v in config.to_dict().items()))
+        log.graph(model, inputs(batches.raw_batch(2)))
     log.console(f"training {config.model} on {info.title}{' (synthetic)' if config.synthetic else ''}: "
                 f"{train_images.shape[0]:,} images, batch {batches.global_batch_size} "
                 f"({placement.world_size} x {per_rank_batch}), {config.max_steps:,} steps, device {device}, "
