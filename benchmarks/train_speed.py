@@ -29,16 +29,22 @@ def run_once(nproc: int, steps: int, device: str, batch: int, workdir: str) -> f
     if nproc == 1:
         cmd = [sys.executable, "-m", "cifarlab", *args]
     else:
-        torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+        torchrun = shutil.which("torchrun") or os.path.join(
+            os.path.dirname(sys.executable), "torchrun"
+        )
         cmd = [torchrun, "--standalone", f"--nproc-per-node={nproc}", "-m", "cifarlab", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    rates = [float(m.group(2)) for m in LINE.finditer(out)][1:]  # the first interval includes warm-up
+    rates = [float(m.group(2)) for m in LINE.finditer(out)][
+        1:
+    ]  # the first interval includes warm-up
     shutil.rmtree(run_dir, ignore_errors=True)
     return statistics.median(rates)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--nproc", type=int, default=2)
@@ -49,8 +55,14 @@ def main() -> None:
         print(f"| processes | global batch | images/s (median of {args.repeats}) | runs |")
         print("|---:|---:|---:|---|")
         for nproc in (1, args.nproc):
-            runs = [run_once(nproc, args.steps, args.device, args.batch_size, workdir) for _ in range(args.repeats)]
-            print(f"| {nproc} | {nproc * args.batch_size} | {statistics.median(runs):,.0f} | {', '.join(f'{r:,.0f}' for r in runs)} |", flush=True)
+            runs = [
+                run_once(nproc, args.steps, args.device, args.batch_size, workdir)
+                for _ in range(args.repeats)
+            ]
+            print(
+                f"| {nproc} | {nproc * args.batch_size} | {statistics.median(runs):,.0f} | {', '.join(f'{r:,.0f}' for r in runs)} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

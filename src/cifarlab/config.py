@@ -58,7 +58,9 @@ class TrainConfig:
     summary_every: int = 100  # TensorBoard and metrics.jsonl
     checkpoint_every: int = 1000
     keep_checkpoints: int = 5  # newest checkpoints kept; older ones are removed
-    eval_batch_size: int = 1000  # for the end-of-run evaluation
+    eval_batch_size: int = (
+        128  # for the end-of-run evaluation (128 runs fastest on our CPU; 1000 is 1.8x slower)
+    )
     check_finite_every: int = (
         1  # steps between NaN/Inf checks of the loss (each costs a sync on GPU)
     )

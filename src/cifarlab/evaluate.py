@@ -69,7 +69,7 @@ def evaluate_model(
     labels: torch.Tensor,
     *,
     num_classes: int,
-    batch_size: int = 1000,
+    batch_size: int = 128,
     device: torch.device | str = "cpu",
     tta: bool = False,
 ) -> dict:
@@ -241,7 +241,7 @@ def save_results(
 
 
 def evaluate_run(run_dir: Path, checkpoint: Path | None = None, *, weights: str = "ema", split: str = "test", tta: bool = False,
-                 batch_size: int = 1000, device: torch.device | str = "cpu", data_dir: str | None = None) -> tuple[dict, tuple[str, ...]]:  # fmt: skip
+                 batch_size: int = 128, device: torch.device | str = "cpu", data_dir: str | None = None) -> tuple[dict, tuple[str, ...]]:  # fmt: skip
     """Evaluate one checkpoint of a run on its data set as saved in its configuration."""
     from .data.datasets import load_run_split
     from .data.layout import dataset_info
