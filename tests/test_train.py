@@ -203,3 +203,16 @@ def test_config_file_and_set(tmp_path, capsys):
                  "--set", "synthetic_train_per_class=20", "--batch-size", "16", "--no-progress"]) == 0  # fmt: skip
     saved = json.loads((run / "config.json").read_text())
     assert saved["max_steps"] == 4 and saved["learning_rate"] == 0.02 and saved["synthetic"] is True
+
+
+def test_cifar100_trains_with_100_logits(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--synthetic", "--dataset", "cifar100", "--run-dir", str(run), "--max-steps", "3",
+                 "--batch-size", "16", "--set", "synthetic_train_per_class=2", "--set", "synthetic_test_per_class=1",
+                 "--no-progress", "--json"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["examples"] == 100 and result["step"] == 3
+    state = load_checkpoint(latest_checkpoint(run))
+    assert state["model"]["softmax_linear.weight"].shape == (100, 192)
+    assert main(["eval", str(run), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["per_class"]) == 100
