@@ -91,7 +91,7 @@ class RunLog:
 class SilentLog(RunLog):
     """For ranks other than 0: accepts every call, writes nothing."""
 
-    def __init__(self) -> None:  # noqa: D107 - deliberately no files
+    def __init__(self) -> None:  # deliberately opens no files
         self.bar = None
 
     def console(self, line: str) -> None: ...
