@@ -13,7 +13,9 @@ from pathlib import Path
 STATUS = "status.json"
 
 
-def write_status(run_dir: Path, state: str, step: int, max_steps: int) -> None:
+def write_status(
+    run_dir: Path, state: str, step: int, max_steps: int, pid: int | None = None
+) -> None:
     path = Path(run_dir) / STATUS
     tmp = path.with_name(f".{STATUS}.tmp-{os.getpid()}")
     tmp.write_text(
@@ -22,7 +24,7 @@ def write_status(run_dir: Path, state: str, step: int, max_steps: int) -> None:
                 "state": state,
                 "step": step,
                 "max_steps": max_steps,
-                "pid": os.getpid(),
+                "pid": pid or os.getpid(),
                 "time": time.time(),
             }
         )
