@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import TrainConfig, save_config
 from ..data.augment import distorted_inputs, inputs
-from ..data.datasets import load_run_split
+from ..data.datasets import data_root_for, load_run_split
 from ..data.layout import dataset_info
 from ..data.loader import TrainBatches
 from ..errors import CifarlabError, ConfigError
@@ -113,7 +113,7 @@ def _train(
         save_config(config, run_dir / "config.json")
     # One process per node fetches (downloads, or makes the synthetic set); the rest wait.
     if placement.local_rank == 0:
-        load_run_split(config, run_dir, "test", fetch=True)
+        data_root_for(config, run_dir, fetch=True)
     distributed.barrier(placement)
     train_images, train_labels = load_run_split(config, run_dir, "train")
 
