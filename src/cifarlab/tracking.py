@@ -77,10 +77,6 @@ class RunLog:
             except Exception as e:  # a graph is a nicety: never let it stop training
                 self.console(f"(no graph summary: {type(e).__name__}: {e})")
 
-    def flush(self) -> None:
-        self.writer.flush()
-        self.metrics.flush()
-
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -101,5 +97,4 @@ class SilentLog(RunLog):
     def images(self, tag, images, step) -> None: ...
     def text(self, tag, text, step=0) -> None: ...
     def graph(self, model, example) -> None: ...
-    def flush(self) -> None: ...
     def close(self) -> None: ...
