@@ -68,7 +68,8 @@ def data_root_for(config, run_dir: Path, *, fetch: bool) -> Path | str | None:
 
 
 def load_run_split(
-    config, run_dir: Path, split: str, *, fetch: bool = False, data_dir: str | None = None
+    config, run_dir: Path, split: str, *, data_dir: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    root = data_dir if data_dir is not None else data_root_for(config, run_dir, fetch=fetch)
+    """A split of the run's data; `data_dir` overrides the saved data root. Fetches nothing."""
+    root = data_dir if data_dir is not None else data_root_for(config, run_dir, fetch=False)
     return load_split(root, split, config.dataset)

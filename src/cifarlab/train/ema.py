@@ -22,19 +22,19 @@ class WeightAverage:
     def __init__(self, model: nn.Module, max_decay: float) -> None:
         self.max_decay = max_decay
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self._floats = [k for k, v in self.shadow.items() if v.is_floating_point()]  # averaged
+        self._others = [k for k in self.shadow if k not in self._floats]  # copied (counters)
 
     @torch.no_grad()
     def update(self, model: nn.Module, num_updates: int) -> float:
         decay = ema_decay_at(num_updates, self.max_decay)
         current = model.state_dict()
-        floats = [k for k, v in self.shadow.items() if v.is_floating_point()]
         # shadow -= (1 - decay) * (shadow - value): TensorFlow's update, one fused call.
-        shadows = [self.shadow[k] for k in floats]
-        values = [current[k].detach() for k in floats]
+        shadows = [self.shadow[k] for k in self._floats]
+        values = [current[k].detach() for k in self._floats]
         torch._foreach_lerp_(shadows, values, 1.0 - decay)
-        for k, v in self.shadow.items():
-            if not v.is_floating_point():
-                v.copy_(current[k])
+        for k in self._others:
+            self.shadow[k].copy_(current[k])
         return decay
 
     def state_dict(self) -> dict[str, torch.Tensor]:
