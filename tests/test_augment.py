@@ -89,10 +89,10 @@ def test_standardization_matches_reference_including_the_floor():
     assert np.all(got[1] == 0)
 
 
-def test_distorted_inputs_equal_the_tutorial_sequence():
+def test_training_distortions_equal_the_tutorial_sequence():
     # The fused pipeline must equal crop -> flip -> brightness -> contrast -> standardize.
     images = _random_images(32, seed=5)
-    got = A.distorted_inputs(images, torch.Generator().manual_seed(9))
+    got = A.distort_for_training(images, torch.Generator().manual_seed(9))
     p = A.sample_distortions(32, torch.Generator().manual_seed(9))  # the same draws
     assert got.shape == (32, 3, 24, 24) and got.dtype == torch.float32
     for i in range(32):
@@ -105,15 +105,15 @@ def test_distorted_inputs_equal_the_tutorial_sequence():
         np.testing.assert_allclose(_hwc(got)[i], img, atol=2e-5)
 
 
-def test_distorted_inputs_on_constant_images_give_zeros():
+def test_training_distortions_on_constant_images_give_zeros():
     images = torch.full((4, 32, 32, 3), 255, dtype=torch.uint8)
-    out = A.distorted_inputs(images, torch.Generator().manual_seed(0))
+    out = A.distort_for_training(images, torch.Generator().manual_seed(0))
     assert torch.all(out == 0)
 
 
 def test_eval_inputs_are_the_central_crop_standardized():
     images = _random_images(5, seed=3)
-    got = _hwc(A.inputs(images))
+    got = _hwc(A.CentralCropStandardize()(images))
     for i in range(5):
         np.testing.assert_allclose(
             got[i], ref_standardize(ref_crop(images[i].numpy(), 4, 4)), atol=2e-5
@@ -131,9 +131,9 @@ def test_parameters_lie_in_the_spec_ranges():
 
 def test_same_seed_same_batches_other_seed_other_batches():
     images = _random_images(64)
-    a = A.distorted_inputs(images, torch.Generator().manual_seed(42))
-    b = A.distorted_inputs(images, torch.Generator().manual_seed(42))
-    c = A.distorted_inputs(images, torch.Generator().manual_seed(43))
+    a = A.distort_for_training(images, torch.Generator().manual_seed(42))
+    b = A.distort_for_training(images, torch.Generator().manual_seed(42))
+    c = A.distort_for_training(images, torch.Generator().manual_seed(43))
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
 

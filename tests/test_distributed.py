@@ -13,8 +13,8 @@ import torch
 from cifarlab.cli import main
 from cifarlab.config import build_config
 from cifarlab.errors import ConfigError
-from cifarlab.models import build_model
-from cifarlab.train.checkpoint import list_checkpoints, load_checkpoint
+from cifarlab.models.tutorial import TutorialNet
+from cifarlab.run.checkpoint import list_checkpoints, load_checkpoint
 from cifarlab.train.distributed import per_rank_batch_size
 
 pytestmark = pytest.mark.slow
@@ -65,9 +65,9 @@ def test_two_ranks_of_16_equal_one_process_of_32(tmp_path):
     one = load_checkpoint(tmp_path / "one" / "ckpt-00000006.pt")
     for name, w in one["model"].items():
         torch.testing.assert_close(two["model"][name], w, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(two["ema"][name], one["ema"][name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(two["average"][name], one["average"][name], rtol=1e-4, atol=1e-5)
     torch.manual_seed(0)
-    initial = build_model("tutorial").state_dict()
+    initial = TutorialNet().state_dict()
     assert not torch.allclose(
         initial["local3.weight"], one["model"]["local3.weight"]
     )  # it did train
@@ -103,9 +103,9 @@ def test_a_stopped_two_process_run_resumes_from_its_checkpoint(tmp_path):
 
 def test_a_global_batch_must_divide_among_the_processes():
     config = build_config("tutorial", {"global_batch_size": 256})
-    assert per_rank_batch_size(config, 2) == 128 and per_rank_batch_size(config, 4) == 64
+    assert per_rank_batch_size(config.run, 2) == 128 and per_rank_batch_size(config.run, 4) == 64
     with pytest.raises(ConfigError, match="global batch 256 does not divide among 3 processes"):
-        per_rank_batch_size(config, 3)
+        per_rank_batch_size(config.run, 3)
 
 
 @pytest.mark.skipif(

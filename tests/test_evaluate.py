@@ -7,7 +7,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cifarlab.cli import main
 from cifarlab.data.records import load_split
-from cifarlab.evaluate import evaluate_model, load_run_model, metrics_from_logits, predict_logits
+from cifarlab.evaluate import evaluate_model, metrics_from_logits, predict_logits
+from cifarlab.run.trained import open_run
 
 
 def _logits_for(predictions, k):
@@ -32,15 +33,16 @@ def test_precision_at_5_counts_the_label_in_the_top_five():
 
 
 def test_each_test_image_is_counted_once_whatever_the_batch(trained_run):
-    model, config, _ = load_run_model(trained_run)
+    trained = open_run(trained_run)
+    model, recipe = trained.model, trained.recipe
     images, labels = load_split(trained_run / "synthetic-data", "test")
     assert labels.numel() == 70
-    by_32 = evaluate_model(model, images, labels, num_classes=10, batch_size=32)
-    by_1000 = evaluate_model(model, images, labels, num_classes=10, batch_size=1000)
+    by_32 = evaluate_model(model, recipe, images, labels, num_classes=10, batch_size=32)
+    by_1000 = evaluate_model(model, recipe, images, labels, num_classes=10, batch_size=1000)
     assert by_32["examples"] == 70 and sum(map(sum, by_32["confusion_matrix"])) == 70
     assert by_32["correct"] == by_1000["correct"]
-    torch.testing.assert_close(predict_logits(model, images, batch_size=32, device=torch.device("cpu")),
-                               predict_logits(model, images, batch_size=7, device=torch.device("cpu")))  # fmt: skip
+    torch.testing.assert_close(predict_logits(model, recipe, images, batch_size=32, device=torch.device("cpu")),
+                               predict_logits(model, recipe, images, batch_size=7, device=torch.device("cpu")))  # fmt: skip
 
 
 def test_eval_command_reports_saves_and_logs(trained_run, capsys):

@@ -4,16 +4,15 @@ import pytest
 import torch
 
 from cifarlab.cli import main
-from cifarlab.data.augment import inputs
 from cifarlab.data.records import load_split
-from cifarlab.evaluate import load_run_model
+from cifarlab.run.trained import open_run
 
 
 def _reference(run):
-    model, _, _ = load_run_model(run)
+    trained = open_run(run)
     images, _ = load_split(run / "synthetic-data", "test")
     with torch.no_grad():
-        return images, model.eval()(inputs(images))
+        return images, trained.model(trained.recipe.eval_preprocess()(images))
 
 
 def test_onnx_export_is_checked_and_runs_any_batch_size(trained_run, tmp_path, capsys):
@@ -43,16 +42,47 @@ def test_export_of_a_directory_without_a_run(tmp_path, capsys):
     assert "not a cifarlab run directory" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("n", [3])
-def test_exported_preprocessing_is_the_evaluation_transform(trained_run, n):
-    from cifarlab.export import ClassifierWithPreprocessing
+def test_the_check_fails_when_the_exported_preprocessing_differs(trained_run, tmp_path):
+    # Regression: export once checked its graph against its own hand-written copy of the
+    # preprocessing, so a wrong copy would have passed. The reference is the eval path.
+    from cifarlab.errors import CifarlabError
+    from cifarlab.evaluate import predict_logits
+    from cifarlab.export import classifier_with_preprocessing, export_and_check
 
-    model, _, _ = load_run_model(trained_run)
-    images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8)
-    with torch.no_grad():
-        torch.testing.assert_close(
-            ClassifierWithPreprocessing(model)(images),
-            model.eval()(inputs(images)),
-            atol=1e-5,
-            rtol=1e-5,
-        )
+    trained = open_run(trained_run)
+    images, _ = load_split(trained_run / "synthetic-data", "test")
+    reference = predict_logits(trained.model, trained.recipe, images, batch_size=32,
+                               device=torch.device("cpu"))  # fmt: skip
+
+    class CropWithoutStandardizing(torch.nn.Module):
+        def forward(self, x):
+            return x[:, 4:28, 4:28, :].permute(0, 3, 1, 2).float() / 255
+
+    for fmt in ("onnx", "torchscript"):
+        good = classifier_with_preprocessing(trained.recipe.eval_preprocess(), trained.model)
+        figures = export_and_check(good, fmt, tmp_path / f"good.{fmt}", images, reference)
+        assert figures["argmax_agreement"] == 1.0 and figures["max_logit_difference"] < 1e-4
+        bad = classifier_with_preprocessing(CropWithoutStandardizing(), trained.model)
+        out = tmp_path / f"bad.{fmt}"
+        with pytest.raises(CifarlabError, match="differ from the PyTorch evaluation"):
+            export_and_check(bad, fmt, out, images, reference)
+        assert not out.exists()  # a failed export leaves nothing to be used by mistake
+
+
+def test_export_never_overwrites_the_runs_files_or_other_files(trained_run, tmp_path, capsys):
+    # Regression: `export --out RUN/config.json` once replaced the run's own config.
+    before = {p.name: p.read_bytes() for p in trained_run.iterdir() if p.is_file()}
+    for target in ("config.json", "ckpt-00000060.pt", "metrics.jsonl"):
+        assert main(["export", str(trained_run), "--out", str(trained_run / target)]) == 1
+        assert "is one of the run's own files" in capsys.readouterr().err
+    (tmp_path / "mine.onnx").write_bytes(b"precious")
+    assert main(["export", str(trained_run), "--out", str(tmp_path / "mine.onnx")]) == 1
+    assert "exists" in capsys.readouterr().err
+    assert (tmp_path / "mine.onnx").read_bytes() == b"precious"
+    assert main(["export", str(trained_run), "--out", str(tmp_path / "missing" / "m.onnx")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["export", str(trained_run), "--out", str(tmp_path)]) == 1
+    assert "is a directory" in capsys.readouterr().err
+    after = {p.name: p.read_bytes() for p in trained_run.iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind

@@ -1,12 +1,16 @@
 import pytest
 import torch
 
-from cifarlab.data.augment import distorted_inputs, inputs
+from cifarlab.data.augment import CentralCropStandardize
 from cifarlab.data.loader import TrainBatches, eval_batches
+from cifarlab.recipes import get_recipe
 
 
-def _identity(raw, generator=None, part=None):
+def _identity(raw, generator=None, position=None):
     return raw
+
+
+_distort = get_recipe("tutorial").train_transform
 
 
 def _split(n=1000):
@@ -56,14 +60,14 @@ def test_same_seed_same_batches_and_state_resumes_exactly():
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (600, 32, 32, 3), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (600,), generator=g)
-    a = TrainBatches(images, labels, 64, transform=distorted_inputs, seed=11)
-    b = TrainBatches(images, labels, 64, transform=distorted_inputs, seed=11)
+    a = TrainBatches(images, labels, 64, transform=_distort, seed=11)
+    b = TrainBatches(images, labels, 64, transform=_distort, seed=11)
     for _ in range(5):
         (xa, ya), (xb, yb) = a.next_batch(), b.next_batch()
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     state = a.state_dict()
     expected = [a.next_batch() for _ in range(12)]  # crosses the epoch boundary at step 9
-    c = TrainBatches(images, labels, 64, transform=distorted_inputs, seed=11)
+    c = TrainBatches(images, labels, 64, transform=_distort, seed=11)
     c.load_state_dict(state)
     for x, y in expected:
         xc, yc = c.next_batch()
@@ -90,7 +94,7 @@ def test_eval_counts_every_example_exactly_once(world_size):
     seen = []
     for rank in range(world_size):
         for x, y in eval_batches(
-            images, labels, 128, transform=inputs, rank=rank, world_size=world_size
+            images, labels, 128, transform=CentralCropStandardize(), rank=rank, world_size=world_size
         ):
             assert x.shape == (y.numel(), 3, 24, 24)
             seen += y.tolist()
@@ -101,9 +105,9 @@ def test_ranks_see_exactly_the_distortions_of_one_process():
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (700, 32, 32, 3), dtype=torch.uint8, generator=g)
     labels = torch.arange(700)
-    single = TrainBatches(images, labels, 128, transform=distorted_inputs, seed=4)
+    single = TrainBatches(images, labels, 128, transform=_distort, seed=4)
     ranks = [
-        TrainBatches(images, labels, 64, transform=distorted_inputs, seed=4, rank=r, world_size=2)
+        TrainBatches(images, labels, 64, transform=_distort, seed=4, rank=r, world_size=2)
         for r in range(2)
     ]
     for _ in range(7):  # crosses the epoch boundary (5 steps an epoch)

@@ -4,30 +4,31 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cifarlab.models import build_model, model_names
 from cifarlab.models.lrn import local_response_norm
-from cifarlab.models.tutorial import same_max_pool
+from cifarlab.models.tutorial import TutorialNet, same_max_pool
 
 
 def test_parameter_count_matches_the_tutorial():
-    assert sum(p.numel() for p in build_model("tutorial", 10).parameters()) == 1_068_298
+    assert sum(p.numel() for p in TutorialNet(10).parameters()) == 1_068_298
     # CIFAR-100: only softmax_linear grows (192 x 100 + 100 instead of 192 x 10 + 10).
     assert (
-        sum(p.numel() for p in build_model("tutorial", 100).parameters())
+        sum(p.numel() for p in TutorialNet(100).parameters())
         == 1_068_298 - 1_930 + 19_300
     )
 
 
 def test_output_shapes_for_both_datasets():
     x = torch.randn(5, 3, 24, 24)
-    assert build_model("tutorial", 10)(x).shape == (5, 10)
-    assert build_model("tutorial", 100)(x).shape == (5, 100)
+    assert TutorialNet(10)(x).shape == (5, 10)
+    assert TutorialNet(100)(x).shape == (5, 100)
 
 
-def test_unknown_model_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown model 'resnet'.*tutorial"):
-        build_model("resnet")
-    assert "tutorial" in model_names()
+def test_unknown_recipe_lists_the_known_ones():
+    from cifarlab.errors import ConfigError
+    from cifarlab.recipes import get_recipe
+
+    with pytest.raises(ConfigError, match="unknown recipe 'resnet'.*tutorial"):
+        get_recipe("resnet")
 
 
 @pytest.mark.parametrize(
@@ -42,7 +43,7 @@ def test_unknown_model_lists_the_known_ones():
 )
 def test_initial_weights_are_truncated_normals_with_the_spec_std(layer, std, bias):
     torch.manual_seed(0)
-    module = getattr(build_model("tutorial"), layer)
+    module = getattr(TutorialNet(), layer)
     w = module.weight.detach()
     assert w.abs().max() <= 2 * std + 1e-9  # truncated at two standard deviations
     assert abs(w.mean()) < 0.05 * std

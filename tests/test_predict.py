@@ -6,9 +6,8 @@ import torch
 from PIL import Image
 
 from cifarlab.cli import main
-from cifarlab.data.augment import inputs
 from cifarlab.data.records import load_split
-from cifarlab.evaluate import load_run_model
+from cifarlab.run.trained import open_run
 from cifarlab.predict import load_image
 
 
@@ -69,9 +68,9 @@ def test_predict_matches_the_evaluation_pipeline_and_reports_bad_files(
     Image.fromarray(test_images[3].numpy()).save(
         images_dir / "test3.png"
     )  # a 32x32 image, lossless
-    model, _, _ = load_run_model(trained_run)
+    trained = open_run(trained_run)
     with torch.no_grad():
-        expected = model.eval()(inputs(test_images[3:4])).softmax(1)[0]
+        expected = trained.model(trained.recipe.eval_preprocess()(test_images[3:4])).softmax(1)[0]
     files = [
         "test3.png",
         "wide.png",

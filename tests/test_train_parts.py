@@ -5,10 +5,9 @@ import math
 import pytest
 import torch
 
-from cifarlab.models import build_model
-from cifarlab.train.ema import ScalarAverage, WeightAverage, ema_decay_at
-from cifarlab.train.losses import tutorial_loss
-from cifarlab.train.optim import staircase_decay_steps, staircase_learning_rate
+from cifarlab.averaging import ExponentialWeightAverage, ScalarAverage, ema_decay_at
+from cifarlab.recipes import get_recipe
+from cifarlab.schedules import staircase_decay_steps, staircase_learning_rate
 
 
 def test_decay_steps_of_the_tutorial():
@@ -49,7 +48,7 @@ def test_ema_decay_warm_up(n, decay):
 def test_weight_average_follows_tensorflow_update():
     model = torch.nn.Linear(3, 2)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    average = WeightAverage(model, 0.9999)
+    average = ExponentialWeightAverage(model, 0.9999)
     with torch.no_grad():
         model.weight.add_(1.0)
     decay = average.update(model, num_updates=1)
@@ -68,12 +67,13 @@ def test_loss_averages_are_debiased():
 
 def test_loss_equals_a_hand_computation():
     torch.manual_seed(0)
-    model = build_model("tutorial")
+    recipe = get_recipe("tutorial")
+    model = recipe.build_model(10, None)
     logits = torch.tensor(
         [[2.0, 1.0, 0.0, 0, 0, 0, 0, 0, 0, 0], [0.0, 0, 0, 3.0, 0, 0, 0, 0, 0, 0]]
     )
     labels = torch.tensor([0, 5])
-    total, terms = tutorial_loss(model, logits, labels)
+    total, terms = recipe.loss(model, logits, labels)
     ce0 = -2.0 + math.log(math.exp(2) + math.exp(1) + 8)
     ce1 = -0.0 + math.log(math.exp(3) + 9)
     assert terms["cross_entropy"].item() == pytest.approx((ce0 + ce1) / 2, rel=1e-6)

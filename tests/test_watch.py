@@ -3,8 +3,8 @@
 import subprocess
 import sys
 
-from cifarlab.train.checkpoint import save_checkpoint
-from cifarlab.train.status import write_status
+from cifarlab.run.checkpoint import save_checkpoint
+from cifarlab.run.status import write_status
 from cifarlab.watch import watch_run
 
 

@@ -7,8 +7,8 @@ import time
 
 import torch
 
-from .data.augment import distorted_inputs
 from .data.loader import TrainBatches
+from .recipes import get_recipe
 
 
 def bench_data(
@@ -25,9 +25,8 @@ def bench_data(
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (50_000, 32, 32, 3), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (50_000,), generator=g)
-    batches = TrainBatches(
-        images, labels, batch_size, transform=distorted_inputs, seed=seed, device=device
-    )
+    transform = get_recipe("tutorial").train_transform
+    batches = TrainBatches(images, labels, batch_size, transform=transform, seed=seed, device=device)
     sync = torch.cuda.synchronize if batches.device.type == "cuda" else (lambda: None)
     for _ in range(20):  # warm-up: allocator, caches, lazy inits
         batches.next_batch()

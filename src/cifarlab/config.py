@@ -1,201 +1,186 @@
-"""Run configuration: one frozen dataclass, named recipes as presets (data, not code paths).
+"""A run's configuration: the run fields (data, placement, length, batch, seed, intervals)
+and the recipe's own parameters, which live in the recipe's module.
 
-Resolution order, later wins: the recipe's preset, a TOML file (--config), --set key=value,
-then explicit flags. The resolved configuration is saved in the run directory as config.json.
+Resolution order, later wins: the run fields' defaults, the recipe's `run_defaults` and
+parameter defaults, a TOML file (--config), --set key=value, then explicit flags. One flat
+namespace of names reaches both parts; a name that is neither is refused with the list of
+valid ones. The resolved configuration is saved in the run directory as config.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .settings import build, field_names, resumable_names, setting
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
+DEFAULT_RECIPE = "tutorial"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # What to train on
+    dataset: str = setting("cifar10", "cifar10 | cifar100", choices=("cifar10", "cifar100"))
+    synthetic: bool = setting(False, "train and test on the synthetic set (no download)")
+    synthetic_train_per_class: int = setting(500, "images per class, synthetic train split", at_least=1)
+    synthetic_test_per_class: int = setting(100, "images per class, synthetic test split", at_least=1)
+    # Where
+    data_dir: str | None = setting(None, "data root; none: $CIFARLAB_DATA, else ~/.cache/cifarlab", resumable=True)
+    run_dir: str | None = setting(None, "none: runs/<recipe>", resumable=True)
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N", resumable=True)
+    threads: int = setting(0, "CPU threads for torch; 0: torch's default (all cores)", at_least=0, resumable=True)
+    # How long, how big
+    max_steps: int = setting(100_000, "optimizer steps (whether a continued run may change it is the recipe's call)", at_least=1)
+    batch_size: int = setting(128, "images per step per process", at_least=1)
+    global_batch_size: int = setting(0, "images per step over all processes; 0: batch_size x processes", at_least=0)
+    seed: int = setting(0, "weights, data order and augmentation all derive from it", at_least=0)
+    # Reporting and saving, in steps
+    loss_average_decay: float = setting(0.9, "moving average of each loss term, for the summaries", at_least=0, below=1)
+    log_every: int = setting(10, "steps between console lines", at_least=1, resumable=True)
+    summary_every: int = setting(100, "steps between TensorBoard summaries and metrics.jsonl", at_least=1, resumable=True)
+    checkpoint_every: int = setting(1000, "steps between checkpoints", at_least=1, resumable=True)
+    keep_checkpoints: int = setting(5, "newest checkpoints kept; older ones are removed", at_least=1, resumable=True)
+    eval_batch_size: int = setting(128, "images per forward pass in the end-of-run evaluation", at_least=1, resumable=True)
+    check_finite_every: int = setting(1, "steps between NaN/Inf checks and stop decisions (each costs a sync on GPU)",
+                                      at_least=1, resumable=True)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # What to train
-    recipe: str = "tutorial"  # the preset this run started from
-    model: str = "tutorial"  # name in the model registry
-    dataset: str = "cifar10"  # cifar10 | cifar100
-    augment: str = (
-        "tutorial"  # training transform: "tutorial" = crop, flip, brightness, contrast, standardize
-    )
-    synthetic: bool = False  # train and test on the synthetic set (no download)
-    synthetic_train_per_class: int = 500  # images per class in the synthetic train split
-    synthetic_test_per_class: int = 100
-    # Where
-    data_dir: str | None = None  # data root; None: $CIFARLAB_DATA, else ~/.cache/cifarlab
-    run_dir: str | None = None  # None: runs/<recipe>
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = 0  # CPU threads for torch; 0: torch's default (all cores)
-    # How long, how big
-    max_steps: int = 100_000  # optimizer steps (the documented run; the original's default was 1M)
-    batch_size: int = 128  # images per step per process (the tutorial's towers: 128 each)
-    global_batch_size: int = 0  # images per step over all processes; 0: batch_size x processes
-    seed: int = 0  # weights, data order and augmentation all derive from it
-    # Optimizer: plain SGD with a staircase decay of the learning rate
-    learning_rate: float = 0.1  # initial, per step
-    momentum: float = 0.0  # 0: plain gradient descent, as the tutorial
-    lr_decay_factor: float = 0.1  # multiply the rate by this ...
-    epochs_per_decay: float = 350.0  # ... every this many epochs (staircase)
-    # Averages
-    ema_decay: float = (
-        0.9999  # moving average of the weights (evaluated), with update-count warm-up
-    )
-    loss_average_decay: float = 0.9  # moving average of each loss term, for the summaries
-    # Reporting and saving, in steps
-    log_every: int = 10  # console line
-    summary_every: int = 100  # TensorBoard and metrics.jsonl
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 5  # newest checkpoints kept; older ones are removed
-    eval_batch_size: int = (
-        128  # for the end-of-run evaluation (128 runs fastest on our CPU; 1000 is 1.8x slower)
-    )
-    check_finite_every: int = (
-        1  # steps between NaN/Inf checks of the loss (each costs a sync on GPU)
-    )
+    """What config.json holds: the recipe's name, the run fields, the recipe's parameters."""
+
+    recipe: str
+    run: RunConfig
+    params: Any  # the recipe's frozen Params dataclass
 
     @property
-    def resolved_run_dir(self) -> Path:
-        return Path(self.run_dir or f"runs/{self.recipe}")
+    def run_dir(self) -> Path:
+        return Path(self.run.run_dir or f"runs/{self.recipe}")
+
+    def get(self, name: str) -> Any:
+        if name == "recipe":
+            return self.recipe
+        return getattr(self.run if name in RUN_FIELDS else self.params, name)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {
+            "format": 2,
+            "recipe": self.recipe,
+            "run": dataclasses.asdict(self.run),
+            "params": dataclasses.asdict(self.params),
+        }
+
+    def flat(self) -> dict[str, Any]:
+        """Every field by name, for logs and reports."""
+        return {"recipe": self.recipe, **dataclasses.asdict(self.run), **dataclasses.asdict(self.params)}
 
 
-# Fields that may change when a run is continued: they do not change what is computed.
-RESUMABLE_FIELDS = frozenset(
-    {"max_steps", "data_dir", "run_dir", "device", "threads", "log_every", "summary_every",
-     "checkpoint_every", "keep_checkpoints", "eval_batch_size", "check_finite_every"}
-)  # fmt: skip
-
-RECIPES: dict[str, dict[str, Any]] = {
-    # TensorFlow's CIFAR-10 tutorial (TUTORIAL_SPEC.md sections 2-4): the defaults above.
-    "tutorial": {},
-}
-
-FIELD_NAMES = {f.name for f in fields(TrainConfig)}
+RUN_FIELDS = frozenset(field_names(RunConfig))
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Convert a --set string (or TOML value) to the field's type."""
-    default = getattr(TrainConfig(), name)
-    kind = {f.name: f.type for f in fields(TrainConfig)}[name]
-    if not isinstance(value, str):
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        return value
-    try:
-        if isinstance(default, bool):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if isinstance(default, int):
-            return int(value.replace("_", ""))
-        if isinstance(default, float):
-            return float(value)
-    except ValueError:
-        raise ConfigError(f"--set {name}={value}: expected {type(default).__name__}") from None
-    if "None" in str(kind) and value.lower() in ("none", ""):
-        return None
-    return value
+def valid_names(recipe) -> list[str]:
+    return sorted({"recipe", *RUN_FIELDS, *field_names(recipe.Params)})
 
 
-def check_fields(values: dict[str, Any], where: str) -> None:
-    unknown = sorted(set(values) - FIELD_NAMES)
+def check_names(values: dict[str, Any], recipe, where: str) -> None:
+    unknown = sorted(set(values) - set(valid_names(recipe)))
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(FIELD_NAMES))}"
-        )
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)} for recipe {recipe.name!r}; "
+                          f"valid: {', '.join(valid_names(recipe))}")  # fmt: skip
 
 
-def parse_set(pairs: list[str]) -> dict[str, Any]:
+def build_config(recipe_name: str = DEFAULT_RECIPE, asked: dict[str, Any] | None = None) -> TrainConfig:
+    """The recipe's defaults with `asked` (already merged from file, --set, flags) applied.
+    Values may be strings (from --set): they are converted to each field's type here."""
+    from .recipes import get_recipe
+
+    recipe = get_recipe(recipe_name)
+    asked = {k: v for k, v in (asked or {}).items() if k != "recipe"}
+    check_names(asked, recipe, "configuration")
+    run_values = {**recipe.run_defaults, **{k: v for k, v in asked.items() if k in RUN_FIELDS}}
+    param_values = {k: v for k, v in asked.items() if k not in RUN_FIELDS}
+    return TrainConfig(recipe_name, build(RunConfig, run_values), build(recipe.Params, param_values))
+
+
+def config_from_dict(values: dict[str, Any], where: str) -> TrainConfig:
+    """Inverse of to_dict; also reads the flat config.json runs saved before format 2."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(values).__name__}")
+    try:
+        if values.get("format") == 2:
+            recipe = values["recipe"]
+            flat = {**values["run"], **values["params"]}
+        else:
+            recipe, flat = _from_flat(values, where)
+        if not isinstance(recipe, str):
+            raise ConfigError(f"{where}: recipe must be a name, got {recipe!r}")
+        return build_config(recipe, flat)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{where}: not a cifarlab run configuration ({type(e).__name__}: {e})") from None
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _from_flat(values: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
+    """Before recipes were modules, config.json was one flat dict naming the tutorial's
+    model and transform; they are the tutorial recipe's own now."""
+    flat = dict(values)
+    recipe = flat.pop("recipe", DEFAULT_RECIPE)
+    for name in ("model", "augment"):
+        value = flat.pop(name, recipe)
+        if value != recipe:
+            raise ConfigError(f"{where}: {name} {value!r} is not recipe {recipe!r}'s; "
+                              "this version cannot rebuild that run")  # fmt: skip
+    return recipe, flat
+
+
+def differing_fields(saved: TrainConfig, asked: dict[str, Any]) -> list[str]:
+    """Fields the user asked for explicitly that differ from the saved run's and matter."""
+    from .recipes import get_recipe
+
+    recipe = get_recipe(saved.recipe)
+    may_change = resumable_names(RunConfig) | resumable_names(recipe.Params)
+    if recipe.run_length_resumable:
+        may_change.add("max_steps")
+    return sorted(
+        name for name, value in asked.items() if name not in may_change and saved.get(name) != value
+    )
+
+
+def parse_set(pairs: list[str]) -> dict[str, str]:
+    """--set key=value pairs -> {key: value string}; converted once the recipe is known."""
     out = {}
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"--set {pair!r}: expected key=value")
         key, value = pair.split("=", 1)
-        key = key.strip().replace("-", "_")
-        check_fields({key: None}, "--set")
-        out[key] = _coerce(key, value.strip())
+        out[key.strip().replace("-", "_")] = value.strip()
     return out
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a TOML config file")
     try:
         with open(path, "rb") as f:
             values = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    check_fields(values, str(path))
-    return {k: _coerce(k, v) for k, v in values.items()}
-
-
-def build_config(recipe: str = "tutorial", overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The recipe's preset with `overrides` applied (already merged from file, --set, flags)."""
-    if recipe not in RECIPES:
-        raise ConfigError(f"unknown recipe {recipe!r}: available {', '.join(RECIPES)}")
-    values = {**RECIPES[recipe], **(overrides or {}), "recipe": recipe}
-    check_fields(values, "configuration")
-    config = TrainConfig(**values)
-    validate(config)
-    return config
-
-
-def validate(config: TrainConfig) -> None:
-    from .data.layout import DATASETS
-    from .models import model_names
-
-    problems = []
-    if config.dataset not in DATASETS:
-        problems.append(f"dataset {config.dataset!r} is not one of {', '.join(DATASETS)}")
-    if config.model not in model_names():
-        problems.append(f"model {config.model!r} is not one of {', '.join(model_names())}")
-    if config.global_batch_size < 0:
-        problems.append(
-            f"global_batch_size must be 0 (off) or positive, got {config.global_batch_size}"
-        )
-    for name in ("max_steps", "batch_size", "log_every", "summary_every", "checkpoint_every",
-                 "keep_checkpoints", "eval_batch_size", "check_finite_every"):  # fmt: skip
-        if getattr(config, name) < 1:
-            problems.append(f"{name} must be at least 1, got {getattr(config, name)}")
-    if config.learning_rate <= 0:
-        problems.append(f"learning_rate must be positive, got {config.learning_rate}")
-    if not 0 <= config.ema_decay < 1 or not 0 <= config.loss_average_decay < 1:
-        problems.append("ema_decay and loss_average_decay must lie in [0, 1)")
-    if problems:
-        raise ConfigError("; ".join(problems))
-
-
-def save_config(config: TrainConfig, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    tmp.replace(path)
-
-
-def load_config(path: Path) -> TrainConfig:
-    values = json.loads(Path(path).read_text())
-    check_fields(values, str(path))
-    return TrainConfig(**values)
-
-
-def differing_fields(saved: TrainConfig, asked: dict[str, Any]) -> list[str]:
-    """Fields the user asked for explicitly that differ from the saved run's, and matter."""
-    return sorted(
-        name for name, value in asked.items()
-        if name not in RESUMABLE_FIELDS and getattr(saved, name) != value
-    )  # fmt: skip
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    nested = [k for k, v in values.items() if isinstance(v, dict)]
+    if nested:
+        raise ConfigError(f"{path}: tables are not fields ({', '.join(nested)}); write key = value lines")
+    return values

@@ -10,30 +10,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.augment import inputs
 from .data.loader import eval_batches
+from .recipes import Recipe
 
 
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
+    recipe: Recipe,
     images: torch.Tensor,
     *,
     batch_size: int,
     device: torch.device,
     tta: bool = False,
 ) -> torch.Tensor:
-    """uint8 [N, 32, 32, 3] -> float32 logits [N, classes] on the CPU, in order.
-
-    With `tta`, the logits of each image and its mirror are averaged."""
+    """uint8 [N, 32, 32, 3] -> float32 logits [N, classes] on the CPU, in order: the
+    recipe's evaluation preprocessing, then the model (or the recipe's TTA views of it)."""
     was_training = model.training
     model.eval()
+    preprocess = recipe.eval_preprocess().to(device)
     out = []
     dummy = torch.zeros(images.shape[0], dtype=torch.long)
-    for x, _ in eval_batches(images, dummy, batch_size, transform=inputs, device=device):
-        logits = model(x)
-        if tta:
-            logits = (logits + model(x.flip(3))) / 2
+    for x, _ in eval_batches(images, dummy, batch_size, transform=preprocess, device=device):
+        with recipe.autocast(device):
+            logits = recipe.tta_logits(model, x) if tta else model(x)
         out.append(logits.float().cpu())
     model.train(was_training)
     return torch.cat(out)
@@ -65,6 +65,7 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes:
 
 def evaluate_model(
     model: nn.Module,
+    recipe: Recipe,
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
@@ -74,39 +75,9 @@ def evaluate_model(
     tta: bool = False,
 ) -> dict:
     logits = predict_logits(
-        model, images, batch_size=batch_size, device=torch.device(device), tta=tta
+        model, recipe, images, batch_size=batch_size, device=torch.device(device), tta=tta
     )
     return metrics_from_logits(logits, labels.cpu(), num_classes)
-
-
-def load_run_model(
-    run_dir: Path,
-    checkpoint: Path | None = None,
-    *,
-    weights: str = "ema",
-    device: str | torch.device = "cpu",
-):
-    """-> (model with the checkpoint's averaged (or raw) weights, config, checkpoint state).
-
-    `checkpoint`: a path, or None for the run's newest."""
-    from .config import load_config
-    from .data.layout import dataset_info
-    from .errors import CifarlabError
-    from .models import build_model
-    from .train.checkpoint import latest_checkpoint, load_checkpoint
-
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise CifarlabError(f"{run_dir}: not a cifarlab run directory (no config.json)")
-    config = load_config(config_path)
-    checkpoint = checkpoint or latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise CifarlabError(f"{run_dir}: no checkpoint yet")
-    state = load_checkpoint(checkpoint)
-    model = build_model(config.model, dataset_info(config.dataset).num_classes)
-    model.load_state_dict(state["ema" if weights == "ema" else "model"])
-    return model.to(device), config, state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +87,7 @@ def load_run_model(
 def results_name(step: int, split: str, weights: str, tta: bool) -> str:
     """File stem for one evaluation: step-00001000, plus what differs from the default."""
     extras = [
-        x for x, on in ((split, split != "test"), (weights, weights != "ema"), ("tta", tta)) if on
+        x for x, on in ((split, split != "test"), (weights, weights != "averaged"), ("tta", tta)) if on
     ]
     return "-".join([f"step-{step:08d}", *extras])
 
@@ -204,24 +175,14 @@ def save_results(
 
     from torch.utils.tensorboard import SummaryWriter
 
+    from .run.files import atomic_write
+
     out_dir = Path(run_dir) / "eval"
     out_dir.mkdir(exist_ok=True)
     stem = results_name(result["step"], split, weights, tta)
     json_path = out_dir / f"{stem}.json"
-    tmp = json_path.with_name(f".{json_path.name}.tmp")
-    tmp.write_text(
-        json.dumps(
-            {
-                **result,
-                "split": split,
-                "weights": weights,
-                "tta": tta,
-                "class_names": list(class_names),
-            },
-            indent=1,
-        )
-    )
-    tmp.replace(json_path)
+    record = {**result, "split": split, "weights": weights, "tta": tta, "class_names": list(class_names)}
+    atomic_write(json_path, json.dumps(record, indent=1))
     save_confusion_png(result["confusion_matrix"], class_names, out_dir / f"{stem}-confusion.png",
                        f"step {result['step']}: precision @ 1 = {result['precision_at_1']:.4f}")  # fmt: skip
     group = "eval" + "".join(f"_{x}" for x in stem.split("-")[2:])
@@ -240,25 +201,19 @@ def save_results(
     return json_path
 
 
-def evaluate_run(run_dir: Path, checkpoint: Path | None = None, *, weights: str = "ema", split: str = "test", tta: bool = False,
-                 batch_size: int = 128, device: torch.device | str = "cpu", data_dir: str | None = None) -> tuple[dict, tuple[str, ...]]:  # fmt: skip
+def evaluate_run(run_dir: Path, checkpoint: Path | None = None, *, weights: str = "averaged", split: str = "test",
+                 tta: bool = False, batch_size: int = 128, device: torch.device | str = "cpu",
+                 data_dir: str | None = None) -> tuple[dict, tuple[str, ...]]:  # fmt: skip
     """Evaluate one checkpoint of a run on its data set as saved in its configuration."""
     from .data.datasets import load_run_split
-    from .data.layout import dataset_info
+    from .run.trained import open_run
 
-    model, config, state = load_run_model(run_dir, checkpoint, weights=weights, device=device)
-    info = dataset_info(config.dataset)
-    images, labels = load_run_split(config, Path(run_dir), split, data_dir=data_dir)
+    trained = open_run(run_dir, checkpoint, weights=weights, device=device)
+    images, labels = load_run_split(trained.config.run, Path(run_dir), split, data_dir=data_dir)
     started = time.perf_counter()
-    result = evaluate_model(
-        model,
-        images,
-        labels,
-        num_classes=info.num_classes,
-        batch_size=batch_size,
-        device=device,
-        tta=tta,
-    )
+    result = evaluate_model(trained.model, trained.recipe, images, labels,
+                            num_classes=trained.dataset.num_classes, batch_size=batch_size,
+                            device=device, tta=tta)  # fmt: skip
     result["seconds"] = time.perf_counter() - started  # the forward passes and metrics only
-    result["step"] = int(state["step"])
-    return result, info.class_names
+    result["step"] = trained.step
+    return result, trained.dataset.class_names

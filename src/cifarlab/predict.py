@@ -1,8 +1,8 @@
 """Classify people's own image files with a trained run.
 
 Each file: decoded by Pillow (first frame of an animation), transparency composited onto
-white, converted to RGB, centre-cropped to a square, resized to 32x32, then the evaluation
-transform (central 24x24 crop, per-image standardization) as for the test set.
+white, converted to RGB, centre-cropped to a square, resized to 32x32, then the run's
+recipe's evaluation preprocessing, as for the test set.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.augment import inputs
+from .recipes import Recipe
 
 MAX_PIXELS = 40_000_000  # refuse larger images: a decompression bomb, not a photo to classify
 MAX_FILE_BYTES = 100 * 1024 * 1024
@@ -77,6 +77,7 @@ def _square_32(image) -> np.ndarray:
 @torch.no_grad()
 def predict_files(
     model: nn.Module,
+    recipe: Recipe,
     paths: list[str],
     class_names: tuple[str, ...],
     *,
@@ -97,7 +98,9 @@ def predict_files(
     if images:
         model.eval()
         batch = torch.from_numpy(np.stack(images)).to(device)  # uint8 [N, 32, 32, 3]
-        probabilities = model(inputs(batch)).softmax(dim=1).cpu()
+        with recipe.autocast(batch.device):
+            logits = model(recipe.eval_preprocess().to(device)(batch))
+        probabilities = logits.float().softmax(dim=1).cpu()
         top = probabilities.topk(min(top_k, len(class_names)), dim=1)
         for slot, values, indices in zip(slots, top.values, top.indices, strict=True):
             results[slot]["top"] = [

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import CifarlabError
+from .errors import CifarlabError, ConfigError
+from .run.config_file import load_config
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -47,23 +48,18 @@ def write_report(run_dir: Path) -> Path:
     records = read_metrics(run_dir)
     out_dir = run_dir / "report"
     out_dir.mkdir(exist_ok=True)
+    # Every averaged loss term the recipe reported (total first), whatever their names.
+    loss_keys = sorted({k for r in records if r.get("kind") == "train" for k in r
+                        if k.startswith("loss/") and not k.endswith("(raw)")},
+                       key=lambda k: (k != "loss/total_loss", k))[:6]  # fmt: skip
     panels = [
-        (
-            "training loss",
-            "loss.png",
-            [
-                ("train", "loss/total_loss", "total (0.9 average)"),
-                ("train", "loss/cross_entropy", "cross-entropy (0.9 average)"),
-            ],
-        ),
+        ("training loss", "loss.png",
+         [("train", k, f"{k[5:]} (moving average)") for k in loss_keys]),
         ("learning rate", "learning_rate.png", [("train", "learning_rate", "learning rate")]),
         ("examples / s", "examples_per_sec.png", [("train", "examples_per_sec", "examples/s")]),
-        (
-            "eval precision @ 1",
-            "eval_precision.png",
-            [("eval", "eval/precision_at_1", "test, averaged weights")],
-        ),
-    ]
+        ("eval precision @ 1", "eval_precision.png",
+         [("eval", "eval/precision_at_1", "test, averaged weights")]),
+    ]  # fmt: skip
     written = []
     for title, filename, lines in panels:
         fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -86,11 +82,10 @@ def write_report(run_dir: Path) -> Path:
         plt.close(fig)
         written.append(path)
 
-    config = (
-        json.loads((run_dir / "config.json").read_text())
-        if (run_dir / "config.json").is_file()
-        else {}
-    )
+    try:
+        config = load_config(run_dir).flat()
+    except ConfigError:
+        config = {}
     steps, precision = _series(records, "eval", "eval/precision_at_1")
     times = [r["time"] for r in records if r.get("kind") == "train" and "time" in r]
     _, speed = _series(records, "train", "examples_per_sec")

@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .train.checkpoint import list_checkpoints
-from .train.status import read_status, trainer_alive
+from .run.checkpoint import list_checkpoints
+from .run.status import read_status, trainer_alive
 
 
 def watch_run(

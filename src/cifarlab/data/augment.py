@@ -1,13 +1,14 @@
-"""The tutorial's input distortions as batched tensor functions (cifar10_input.py).
+"""The tutorial's input distortions as batched tensor functions (its cifar10_input.py).
 
 Every function takes a whole batch, runs on whatever device the batch is on, and draws its
 randomness from an explicit torch.Generator, so the same seed gives the same batches.
 Images come in as uint8 [B, 32, 32, 3] (HWC, as stored) and leave as float32 [B, 3, 24, 24]
 (NCHW, contiguous, for the network).
 
-Training (`distorted_inputs`), per image, in the tutorial's order: random 24x24 crop, random
-left-right flip, brightness delta in [-63, 63], contrast factor in [0.2, 1.8], per-image
-standardization. Evaluation (`inputs`): the central crop, then standardization.
+Training (`distort_for_training`), per image, in the tutorial's order: random 24x24 crop,
+random left-right flip, brightness delta in [-63, 63], contrast factor in [0.2, 1.8],
+per-image standardization. Evaluation (`CentralCropStandardize`): the central crop, then
+standardization, as a module that eval, predict and export share.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 CROP_SIZE = 24  # the network's input, height and width
 MAX_BRIGHTNESS_DELTA = 63.0  # on the 0-255 scale
@@ -55,9 +57,7 @@ def sample_distortions(
 
 
 @functools.lru_cache(maxsize=16)
-def _window_index(
-    height: int, width: int, channels: int, crop: int, device: torch.device
-) -> torch.Tensor:
+def _window_index(width: int, channels: int, crop: int, device: torch.device) -> torch.Tensor:
     """int32 [2, C*crop*crop]: flat HWC offsets of a crop window at (0, 0) in NCHW order,
     row 0 as is, row 1 mirrored left-right. Cached: it depends only on the shapes."""
     c = torch.arange(channels)[:, None, None]
@@ -83,7 +83,7 @@ def crop_and_flip(
     it costs less than building the offsets with broadcasting int64 arithmetic would).
     """
     b, h, w, c = images.shape
-    table = _window_index(h, w, c, crop, images.device)
+    table = _window_index(w, c, crop, images.device)
     start = (
         torch.arange(b, device=images.device) * (h * w * c) + offset_y * (w * c) + offset_x * c
     ).int()
@@ -111,16 +111,14 @@ def per_image_standardization(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / var.sqrt().clamp_min(1.0 / math.sqrt(n))
 
 
-def _contrast_and_standardize(
-    x: torch.Tensor, delta: torch.Tensor, factor: torch.Tensor
-) -> torch.Tensor:
+def _contrast_and_standardize(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """brightness -> contrast -> standardization as one affine map per channel.
 
     With m_c the channel means, M their average and v_c the channel variances:
       y = f (x - m_c) + m_c + d,  mean(y) = M + d,  var(y) = f^2 avg_c(v_c) + avg_c((m_c - M)^2)
     so the result is (x - m_c) * f/s + (m_c - M)/s with s = max(sqrt(var(y)), 1/sqrt(n)).
-    The brightness delta cancels exactly (the quirk the tutorial's maintainers noted); it is
-    still drawn so the random stream is the tutorial's. Statistics come from the centred
+    The brightness delta d cancels exactly (the quirk the tutorial's maintainers noted), so
+    it is not an argument; it is still drawn so the random stream is the tutorial's. Statistics come from the centred
     values, so a flat image gives exact zeros as the reference does (E[x^2] - E[x]^2 would
     not), and plain sums are used because torch.var_mean is 20x slower here on one core.
     """
@@ -135,11 +133,10 @@ def _contrast_and_standardize(
         dim=1, keepdim=True
     )
     std_y = var_y.sqrt().clamp_min(1.0 / math.sqrt(c * h * w))  # [B, 1, 1]
-    del delta  # cancels; see docstring
     return torch.addcmul((mean_c - grand_mean) / std_y, centred, f / std_y).view(b, c, h, w)
 
 
-def distorted_inputs(
+def distort_for_training(
     images: torch.Tensor,
     generator: torch.Generator,
     crop: int = CROP_SIZE,
@@ -156,11 +153,23 @@ def distorted_inputs(
     p = sample_distortions(total, generator, images.shape[1], crop)
     take = slice(offset, offset + b)
     x = crop_and_flip(images, p.offset_y[take], p.offset_x[take], p.flip[take], crop)
-    return _contrast_and_standardize(x, p.brightness_delta[take], p.contrast_factor[take])
+    return _contrast_and_standardize(x, p.contrast_factor[take])
 
 
-def inputs(images: torch.Tensor, crop: int = CROP_SIZE) -> torch.Tensor:
-    """Evaluation transform: the central crop, then per-image standardization."""
-    b, size = images.shape[0], images.shape[1]
-    offset = torch.full((b,), (size - crop) // 2, dtype=torch.long, device=images.device)
-    return per_image_standardization(crop_and_flip(images, offset, offset, None, crop))
+def central_crop(images: torch.Tensor, crop: int = CROP_SIZE) -> torch.Tensor:
+    """uint8 [B, H, W, C] -> float32 [B, C, crop, crop]: the central window. Slicing, not
+    the training gather, so it exports to ONNX; the values and layout are the same."""
+    start = (images.shape[1] - crop) // 2
+    window = images[:, start : start + crop, start : start + crop, :]
+    return window.permute(0, 3, 1, 2).contiguous().float()
+
+
+class CentralCropStandardize(nn.Module):
+    """The tutorial's evaluation preprocessing: uint8 [B, 32, 32, 3] -> float32 [B, 3, 24, 24]."""
+
+    def __init__(self, crop: int = CROP_SIZE) -> None:
+        super().__init__()
+        self.crop = crop
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return per_image_standardization(central_crop(images, self.crop))

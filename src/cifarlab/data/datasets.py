@@ -49,27 +49,23 @@ def ensure_synthetic(
     return root
 
 
-def data_root_for(config, run_dir: Path, *, fetch: bool) -> Path | str | None:
-    """Where the run's data lives; makes or downloads it first if `fetch` and it is missing."""
-    if config.synthetic:
+def data_root_for(run, run_dir: Path, *, fetch: bool) -> Path | str | None:
+    """Where the run's data lives (`run`: a RunConfig); makes or downloads it first if
+    `fetch` and it is missing."""
+    if run.synthetic:
         root = synthetic_root(run_dir)
         if fetch:
-            ensure_synthetic(
-                root,
-                config.dataset,
-                config.synthetic_train_per_class,
-                config.synthetic_test_per_class,
-                seed=0,
-            )
+            ensure_synthetic(root, run.dataset, run.synthetic_train_per_class,
+                             run.synthetic_test_per_class, seed=0)  # fmt: skip
         return root
     if fetch:
-        download(config.dataset, config.data_dir)  # verifies; does nothing when installed
-    return config.data_dir
+        download(run.dataset, run.data_dir)  # verifies; does nothing when installed
+    return run.data_dir
 
 
 def load_run_split(
-    config, run_dir: Path, split: str, *, data_dir: str | None = None
+    run, run_dir: Path, split: str, *, data_dir: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A split of the run's data; `data_dir` overrides the saved data root. Fetches nothing."""
-    root = data_dir if data_dir is not None else data_root_for(config, run_dir, fetch=False)
-    return load_split(root, split, config.dataset)
+    root = data_dir if data_dir is not None else data_root_for(run, run_dir, fetch=False)
+    return load_split(root, split, run.dataset)

@@ -10,10 +10,23 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
-Transform = Callable[..., torch.Tensor]
+
+@dataclass(frozen=True)
+class BatchPosition:
+    """Where a rank's batch sits in the stream, for transforms that depend on it."""
+
+    epoch: int  # epochs completed before this batch
+    offset: int  # this rank's first position within the global batch
+    global_batch_size: int  # draw per-image randomness for this many, use [offset, offset + B)
+    indices: torch.Tensor  # int64 [B]: the examples' indices in the split
+
+
+# (uint8 [B, 32, 32, 3], generator seeded for this global batch, position) -> model input
+Transform = Callable[[torch.Tensor, torch.Generator, BatchPosition], torch.Tensor]
 
 
 def derive_seed(seed: int, *tags: object) -> int:
@@ -95,14 +108,13 @@ class TrainBatches:
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (transformed images, labels int64 [batch_size]), both on the device."""
         self.generator.manual_seed(derive_seed(self.seed, "augment", self.batches_drawn))
+        position_epoch = self.epoch
         indices = self.next_indices()
         raw = self.images.index_select(0, indices)  # index_select: 10x faster than x[idx] on CPU
-        part = (self.rank * self.batch_size, self.global_batch_size)
-        return self.transform(raw, self.generator, part=part), self.labels.index_select(0, indices)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        while True:
-            yield self.next_batch()
+        position = BatchPosition(
+            position_epoch, self.rank * self.batch_size, self.global_batch_size, indices
+        )
+        return self.transform(raw, self.generator, position), self.labels.index_select(0, indices)
 
     def raw_batch(self, count: int) -> torch.Tensor:
         """The first `count` images of the current epoch's order, untransformed (for summaries)."""

@@ -7,8 +7,8 @@
   conv2        5x5, 64->64, SAME, ReLU      [N, 64, 12, 12]
   norm2        LRN (before the pool here, as in the original)
   pool2        3x3 max, stride 2, SAME      [N, 64, 6, 6] -> [N, 2304]
-  local3       2304->384, ReLU              weight decay 0.004
-  local4       384->192, ReLU               weight decay 0.004
+  local3       2304->384, ReLU              (weight decay: the recipe's loss)
+  local4       384->192, ReLU
   softmax_linear 192->num_classes (logits; the softmax is in the loss)
 1,068,298 parameters for 10 classes.
 """
@@ -44,9 +44,6 @@ def _init(layer: nn.Module, std: float, bias: float) -> None:
 
 
 class TutorialNet(nn.Module):
-    # L2 weight decay per parameter (loss term wd * sum(W^2) / 2), from the spec's table.
-    weight_decay = {"local3.weight": 0.004, "local4.weight": 0.004}
-
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 5, padding=2)

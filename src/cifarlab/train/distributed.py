@@ -8,13 +8,28 @@ and trains with DDP. Without them it is a single process and nothing here commun
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
-from .runtime import Placement, pick_device
+from ..run.device import pick_device
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where this training process runs."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0  # rank within this node: it fetches the node's data
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
 
 def launched_by_torchrun() -> bool:
@@ -75,12 +90,13 @@ def any_rank(flags: list[torch.Tensor | int | bool], placement: Placement) -> li
     return values.tolist()
 
 
-def per_rank_batch_size(config, world_size: int) -> int:
-    """Images per process per step: --batch-size, or --global-batch-size split evenly."""
-    if not config.global_batch_size:
-        return config.batch_size
-    if config.global_batch_size % world_size:
+def per_rank_batch_size(run, world_size: int) -> int:
+    """Images per process per step (`run`: a RunConfig): --batch-size, or
+    --global-batch-size split evenly."""
+    if not run.global_batch_size:
+        return run.batch_size
+    if run.global_batch_size % world_size:
         raise ConfigError(
-            f"global batch {config.global_batch_size} does not divide among {world_size} processes"
+            f"global batch {run.global_batch_size} does not divide among {world_size} processes"
         )
-    return config.global_batch_size // world_size
+    return run.global_batch_size // world_size

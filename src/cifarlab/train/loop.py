@@ -1,11 +1,11 @@
-"""train(config): the step loop. It knows the recipe's parts by name (model, transform,
-loss, schedule), never a particular network.
+"""train(config): the step loop, for any recipe. The recipe supplies the model, transform,
+loss, optimizer, schedule and weight average; the loop knows none of them by name.
 
-One step: learning rate for this step -> batch -> forward -> loss (+ weight decay) ->
-backward (gradients averaged over ranks by DDP) -> SGD update -> moving average of the
-weights. Around it: a console line every `log_every` steps, summaries every
-`summary_every`, a checkpoint every `checkpoint_every` and at the end, a stop request
-honoured at a step boundary, divergence caught. Only rank 0 logs and saves.
+One step: the recipe's learning rates for this step -> batch -> forward -> loss ->
+(every `check_finite_every` steps: ranks agree on divergence and on stopping) -> backward
+(gradients averaged over ranks by DDP) -> optimizer step -> weight average. Around it
+(reporting.py): a console line every `log_every` steps, summaries every `summary_every`;
+a checkpoint every `checkpoint_every` and at the end. Only rank 0 logs and saves.
 """
 
 from __future__ import annotations
@@ -14,32 +14,28 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import TrainConfig, save_config
-from ..data.augment import distorted_inputs, inputs
+from ..averaging import ScalarAverage
+from ..config import TrainConfig
 from ..data.datasets import data_root_for, load_run_split
 from ..data.layout import dataset_info
 from ..data.loader import TrainBatches
 from ..errors import CifarlabError, ConfigError
 from ..evaluate import evaluate_model
-from ..models import build_model
-from ..tracking import RunLog, SilentLog
+from ..recipes import Recipe, TrainingPlan, get_recipe
+from ..run.checkpoint import remove_stale_temporaries, save_checkpoint, saved_average
+from ..run.config_file import save_config
+from ..run.status import write_status
 from . import distributed
-from .checkpoint import (
-    remove_stale_temporaries,
-    save_checkpoint,
-)
-from .ema import ScalarAverage, WeightAverage
-from .losses import tutorial_loss
-from .optim import make_optimizer, staircase_decay_steps, staircase_learning_rate
-from .resume import agree_on_run
-from .runtime import Placement, StopRequests
-from .status import write_status
-
-TRANSFORMS = {"tutorial": distorted_inputs}
+from .distributed import Placement
+from .reporting import Reporter
+from .resume import StartingPoint, agree_on_run
+from .signals import StopRequests
 
 
 class Diverged(CifarlabError):
@@ -57,29 +53,112 @@ class TrainResult:
     step: int
     run_dir: Path
     eval: dict | None
-    resumed_from: int | None
 
 
-def _activation_hooks(model: torch.nn.Module, store: dict):
-    points = getattr(model, "activation_points", lambda: {})()
-    return [
-        module.register_forward_hook(lambda m, i, o, tag=tag: store.__setitem__(tag, o.detach()))
-        for tag, module in points.items()
-    ]
+@dataclass
+class TrainingState:
+    """Everything a step changes; a checkpoint is this, plus the configuration."""
+
+    step: int
+    model: nn.Module  # the network itself (saved, averaged, evaluated)
+    net: nn.Module  # what the forward pass runs: the model, or DDP around it
+    optimizer: torch.optim.Optimizer
+    batches: TrainBatches
+    average: Any  # the recipe's weight average, or None
+    loss_average: ScalarAverage
+
+    def snapshot(self, config: TrainConfig, world_size: int) -> dict:
+        return {
+            "step": self.step, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(),
+            "average": self.average.state_dict() if self.average is not None else None,
+            "loss_average": self.loss_average.state_dict(), "world_size": world_size,
+            "config": config.to_dict(),
+        }  # fmt: skip
+
+    def restore(self, state: dict, world_size: int, run_dir: Path) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.batches.load_state_dict(state["data"])
+        except ValueError as e:
+            raise ConfigError(f"cannot continue {run_dir} with {world_size} process(es): {e}; "
+                              "use the same number of processes, or a fixed --global-batch-size") from None  # fmt: skip
+        self.loss_average.load_state_dict(state["loss_average"])
+        if self.average is not None:
+            self.average.load_state_dict(saved_average(state, run_dir))
+        self.step = int(state["step"])
 
 
-def _write_summaries(
-    log: RunLog, step: int, model: torch.nn.Module, activations: dict, images: torch.Tensor
-) -> None:
-    """The tutorial's histograms: per layer activations and sparsity, weights, gradients, inputs."""
-    for tag, value in activations.items():
-        log.histogram(f"{tag}/activations", value, step)
-        log.scalars(step, {f"{tag}/sparsity": (value == 0).float().mean().item()}, kind="sparsity")
-    for name, param in model.named_parameters():
-        log.histogram(f"weights/{name}", param, step)
-        if param.grad is not None:
-            log.histogram(f"gradients/{name}", param.grad, step)
-    log.images("distorted_inputs", images[:3], step)
+@dataclass
+class StepResult:
+    loss: torch.Tensor  # 0-d, still attached to the graph until apply_step
+    terms: dict[str, torch.Tensor]  # the recipe's loss terms, for the summaries
+    images: torch.Tensor  # the model inputs of this step
+    learning_rates: list[float]
+
+
+def build_state(
+    config: TrainConfig, recipe: Recipe, placement: Placement, images: torch.Tensor,
+    labels: torch.Tensor, num_classes: int,
+) -> TrainingState:  # fmt: skip
+    torch.manual_seed(config.run.seed)  # the initial weights, the same on every rank
+    device = placement.device
+    model = recipe.build_model(num_classes, images).to(device)
+    optimizer = recipe.build_optimizer(model)
+    batches = TrainBatches(
+        images, labels, distributed.per_rank_batch_size(config.run, placement.world_size),
+        transform=recipe.train_transform, seed=config.run.seed, device=device,
+        rank=placement.rank, world_size=placement.world_size,
+    )  # fmt: skip
+    # DDP averages gradients over ranks during backward; on one process it is not needed.
+    net = model
+    if placement.world_size > 1:
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    average = recipe.weight_average(model)  # on every rank: an average may write back
+    return TrainingState(0, model, net, optimizer, batches, average,
+                         ScalarAverage(config.run.loss_average_decay))  # fmt: skip
+
+
+def forward_step(state: TrainingState, recipe: Recipe, plan: TrainingPlan) -> StepResult:
+    """Set this step's learning rates, draw the batch, run forward and the loss."""
+    rates = recipe.learning_rates(state.step, plan)
+    for group, rate in zip(state.optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate
+    images, labels = state.batches.next_batch()
+    with recipe.autocast(images.device):
+        logits = state.net(images)
+    loss, terms = recipe.loss(state.model, logits.float(), labels)
+    return StepResult(loss, terms, images, rates)
+
+
+def apply_step(state: TrainingState, result: StepResult) -> dict[str, float]:
+    """Backward, optimizer step, weight average; returns the loss terms' moving averages."""
+    state.optimizer.zero_grad(set_to_none=True)
+    result.loss.backward()
+    state.optimizer.step()
+    state.step += 1
+    if state.average is not None:
+        state.average.update(state.model, state.step)
+    return state.loss_average.update(
+        {"total_loss": result.loss.detach(), **{k: v.detach() for k, v in result.terms.items()}}
+    )
+
+
+def agree_to_stop(
+    loss: torch.Tensor, local_signal: int | None, placement: Placement, step: int
+) -> int:
+    """One all-reduce: if any rank saw a non-finite loss, every rank raises Diverged; else the
+    largest signal number any rank received (0: none). Ranks act on this agreed value only,
+    never on their own flag, so none stops while another enters the next collective."""
+    nonfinite, signum = distributed.any_rank(
+        [~torch.isfinite(loss.detach()), local_signal or 0], placement
+    )
+    if nonfinite:
+        value = loss.item()
+        shown = "NaN" if value != value or abs(value) != float("inf") else ("Inf" if value > 0 else "-Inf")
+        raise Diverged(f"Model diverged with loss = {shown} at step {step}")
+    return signum
 
 
 def train(
@@ -89,202 +168,111 @@ def train(
     progress: bool | None = None,
 ) -> TrainResult:
     """Run (or continue) training as configured. `asked`: the fields the user set explicitly."""
-    placement = placement or distributed.setup(config.device)
+    placement = placement or distributed.setup(config.run.device)
+    lock = None
     try:
-        return _train(config, asked if asked is not None else config.to_dict(), placement, progress)
+        start, lock = agree_on_run(config, asked if asked is not None else config.flat(), placement)
+        return _train(start, placement, progress)
     finally:
+        if lock is not None:
+            lock.release()
         distributed.teardown()
 
 
-def _train(
-    config: TrainConfig, asked: dict, placement: Placement, progress: bool | None
-) -> TrainResult:
-    config, state, checkpoint_name = agree_on_run(config, asked, placement)
-    device, is_main = placement.device, placement.is_main
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    run_dir = config.resolved_run_dir
-    info = dataset_info(config.dataset)
-    per_rank_batch = distributed.per_rank_batch_size(config, placement.world_size)
-
+def _train(start: StartingPoint, placement: Placement, progress: bool | None) -> TrainResult:
+    config = start.config
+    run, run_dir, is_main = config.run, config.run_dir, placement.is_main
+    recipe = get_recipe(config.recipe, config.params)
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    info = dataset_info(run.dataset)
     if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(run_dir)
-        save_config(config, run_dir / "config.json")
+        save_config(config, run_dir)
     # One process per node fetches (downloads, or makes the synthetic set); the rest wait.
     if placement.local_rank == 0:
-        data_root_for(config, run_dir, fetch=True)
+        data_root_for(run, run_dir, fetch=True)
     distributed.barrier(placement)
-    train_images, train_labels = load_run_split(config, run_dir, "train")
+    train_images, train_labels = load_run_split(run, run_dir, "train")
 
-    torch.manual_seed(config.seed)  # the initial weights, the same on every rank
-    model = build_model(config.model, info.num_classes).to(device)
-    optimizer = make_optimizer(model.parameters(), config.learning_rate, config.momentum)
-    batches = TrainBatches(
-        train_images, train_labels, per_rank_batch, transform=TRANSFORMS[config.augment],
-        seed=config.seed, device=device, rank=placement.rank, world_size=placement.world_size,
-    )  # fmt: skip
-    ema = WeightAverage(model, config.ema_decay) if is_main else None
-    loss_average = ScalarAverage(config.loss_average_decay)
-    step = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        try:
-            batches.load_state_dict(state["data"])
-        except ValueError as e:
-            raise ConfigError(f"cannot continue {run_dir} with {placement.world_size} process(es): {e}; "
-                              "use the same number of processes, or a fixed --global-batch-size") from None  # fmt: skip
-        loss_average.load_state_dict(state["loss_average"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        torch.set_rng_state(state["torch_rng"])
-        step = int(state["step"])
-    # DDP averages gradients over ranks during backward; on one process it is not needed.
-    net = (
-        model
-        if placement.world_size == 1
-        else DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    )
-    decay_steps = staircase_decay_steps(
-        train_images.shape[0], batches.global_batch_size, config.epochs_per_decay
-    )
-
-    def snapshot() -> dict:
-        return {
-            "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(), "data": batches.state_dict(),
-            "loss_average": loss_average.state_dict(), "world_size": placement.world_size,
-            "torch_rng": torch.get_rng_state(),  # unused by the tutorial recipe; kept for recipes that draw from it
-            "config": config.to_dict(),
-        }  # fmt: skip
-
-    log = (
-        RunLog(run_dir, total_steps=config.max_steps, start_step=step, progress=progress)
-        if is_main
-        else SilentLog()
-    )
-    if checkpoint_name is not None:
-        log.console(f"resuming {run_dir} from {checkpoint_name} (step {step})")
+    state = build_state(config, recipe, placement, train_images, train_labels, info.num_classes)
+    if start.state is not None:
+        state.restore(start.state, placement.world_size, run_dir)
+    batches = state.batches
+    plan = TrainingPlan(run.max_steps, batches.steps_per_epoch, batches.global_batch_size,
+                        train_images.shape[0])  # fmt: skip
+    report = Reporter(run, run_dir, state, is_main=is_main, progress=progress)
+    for note in start.notes:
+        report.console(note)
+    if start.checkpoint_name is not None:
+        report.console(f"resuming {run_dir} from {start.checkpoint_name} (step {state.step})")
     else:
-        log.text("config", "\n".join(f"    {k} = {v!r}" for k, v in config.to_dict().items()))
-        log.graph(model, inputs(batches.raw_batch(2)))
-    log.console(f"training {config.model} on {info.title}{' (synthetic)' if config.synthetic else ''}: "
-                f"{train_images.shape[0]:,} images, batch {batches.global_batch_size} "
-                f"({placement.world_size} x {per_rank_batch}), {config.max_steps:,} steps, device {device}, "
-                f"{torch.get_num_threads()} CPU threads, run dir {run_dir}")  # fmt: skip
+        report.describe_new_run(config, recipe.eval_preprocess().to(placement.device))
+    report.console(f"training {config.recipe} on {info.title}{' (synthetic)' if run.synthetic else ''}: "
+                   f"{train_images.shape[0]:,} images, batch {batches.global_batch_size} "
+                   f"({placement.world_size} x {batches.batch_size}), {run.max_steps:,} steps, "
+                   f"device {placement.device}, {torch.get_num_threads()} CPU threads, run dir {run_dir}")  # fmt: skip
+    del start
     if is_main:
-        write_status(run_dir, "running", step, config.max_steps)
+        write_status(run_dir, "running", state.step, run.max_steps)
 
-    resumed_from = step if state is not None else None
-    del state
-    activations: dict[str, torch.Tensor] = {}
-    interval_start, interval_steps = time.perf_counter(), 0
-    examples_per_sec = float("nan")  # until the first console interval ends
     started = time.perf_counter()
     outcome = "failed"
-    net.train()
+    state.net.train()
     try:
         with StopRequests() as stop:
-            while step < config.max_steps:
-                summary_step = (step + 1) % config.summary_every == 0
-                hooks = _activation_hooks(model, activations) if summary_step and is_main else []
-                lr = staircase_learning_rate(
-                    step, config.learning_rate, config.lr_decay_factor, decay_steps
-                )
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                images, labels = batches.next_batch()  # [B, 3, 24, 24], [B]
-                loss, terms = tutorial_loss(model, net(images), labels)
-                for hook in hooks:
-                    hook.remove()
-                if (step + 1) % config.check_finite_every == 0:
-                    nonfinite, signum = distributed.any_rank(
-                        [~torch.isfinite(loss.detach()), stop.signal or 0], placement
-                    )
-                    if nonfinite:
-                        value = loss.item()
-                        shown = (
-                            "NaN"
-                            if value != value or abs(value) != float("inf")
-                            else ("Inf" if value > 0 else "-Inf")
-                        )
+            while state.step < run.max_steps:
+                with report.watching_activations(state.step + 1):
+                    result = forward_step(state, recipe, plan)
+                agreed_signal = 0
+                if (state.step + 1) % run.check_finite_every == 0:
+                    try:
+                        agreed_signal = agree_to_stop(result.loss, stop.signal, placement, state.step + 1)
+                    except Diverged:
                         outcome = "diverged"
-                        raise Diverged(f"Model diverged with loss = {shown} at step {step + 1}")
-                    stop.signal = stop.signal or signum or None
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                if ema is not None:
-                    ema.update(model, step)
-                averages = loss_average.update(
-                    {"total_loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
-                )
-                log.advance()
-                interval_steps += 1
-
-                if is_main and (step % config.log_every == 0 or step == config.max_steps):
-                    elapsed = time.perf_counter() - interval_start
-                    examples_per_sec = interval_steps * batches.global_batch_size / elapsed
-                    log.console(f"{time.strftime('%Y-%m-%d %H:%M:%S')}: step {step}, loss = {loss.item():.2f} "
-                                f"({examples_per_sec:.1f} examples/sec; {elapsed / interval_steps:.3f} sec/batch)")  # fmt: skip
-                    interval_start, interval_steps = time.perf_counter(), 0
-                if is_main and (summary_step or step == config.max_steps):
-                    scalars = {
-                        "learning_rate": lr,
-                        "examples_per_sec": examples_per_sec,
-                        "epoch": step / batches.steps_per_epoch,
-                    }
-                    scalars.update(
-                        {
-                            f"loss/{k} (raw)": float(v.detach())
-                            for k, v in {"total_loss": loss, **terms}.items()
-                        }
-                    )
-                    scalars.update({f"loss/{k}": float(v) for k, v in averages.items()})
-                    log.scalars(step, scalars)
-                    if summary_step:
-                        _write_summaries(log, step, model, activations, images)
-                    activations.clear()
-                if is_main and (
-                    step % config.checkpoint_every == 0 or step == config.max_steps or stop.signal
-                ):
-                    save_checkpoint(run_dir, step, snapshot(), keep=config.keep_checkpoints)
-                if stop.signal:
+                        raise
+                averages = apply_step(state, result)
+                report.after_step(state, result, averages)
+                last = state.step == run.max_steps
+                if is_main and (state.step % run.checkpoint_every == 0 or last or agreed_signal):
+                    save_checkpoint(run_dir, state.step, state.snapshot(config, placement.world_size),
+                                    keep=run.keep_checkpoints)  # fmt: skip
+                if agreed_signal:
                     outcome = "interrupted"
-                    log.console(
-                        f"stopped by signal {stop.signal} at step {step}; checkpoint written, resume by running the same command"
-                    )
-                    raise Interrupted(f"interrupted at step {step}", stop.signal)
+                    report.console(f"stopped by signal {agreed_signal} at step {state.step}; "
+                                   "checkpoint written, resume by running the same command")  # fmt: skip
+                    raise Interrupted(f"interrupted at step {state.step}", agreed_signal)
         outcome = "trained"
     finally:
         if is_main and outcome != "trained":
-            write_status(run_dir, outcome, step, config.max_steps)
-            log.close()
+            write_status(run_dir, outcome, state.step, run.max_steps)
+            report.close()
 
     result = None
     if is_main:
-        train_seconds = time.perf_counter() - started
-        test_images, test_labels = load_run_split(config, run_dir, "test")
-        averaged = build_model(config.model, info.num_classes).to(device)
-        averaged.load_state_dict(ema.state_dict())
-        result = evaluate_model(
-            averaged,
-            test_images,
-            test_labels,
-            num_classes=info.num_classes,
-            batch_size=config.eval_batch_size,
-            device=device,
-        )
-        log.scalars(
-            step,
-            {"eval/precision_at_1": result["precision_at_1"], "eval/loss": result["loss"]},
-            kind="eval",
-        )
-        log.console(f"{time.strftime('%Y-%m-%d %H:%M:%S')}: precision @ 1 = {result['precision_at_1']:.4f} "
-                    f"({result['correct']:,} / {result['examples']:,} test images, averaged weights, step {step}); "
-                    f"trained {train_seconds:.0f} s on {platform.node() or 'this machine'}")  # fmt: skip
-        log.close()
-        write_status(run_dir, "finished", step, config.max_steps)
-    return TrainResult(step=step, run_dir=run_dir, eval=result, resumed_from=resumed_from)
+        result = final_evaluation(state, recipe, config, placement.device, report)
+        report.console(f"{time.strftime('%Y-%m-%d %H:%M:%S')}: precision @ 1 = {result['precision_at_1']:.4f} "
+                       f"({result['correct']:,} / {result['examples']:,} test images, averaged weights, "
+                       f"step {state.step}); trained {time.perf_counter() - started:.0f} s on "
+                       f"{platform.node() or 'this machine'}")  # fmt: skip
+        report.close()
+        write_status(run_dir, "finished", state.step, run.max_steps)
+    return TrainResult(step=state.step, run_dir=run_dir, eval=result)
+
+
+def final_evaluation(
+    state: TrainingState, recipe: Recipe, config: TrainConfig, device: torch.device, report: Reporter
+) -> dict:
+    """The averaged weights on the whole test split, with the recipe's TTA if it asks."""
+    info = dataset_info(config.run.dataset)
+    test_images, test_labels = load_run_split(config.run, config.run_dir, "test")
+    evaluated = state.model
+    if state.average is not None:
+        evaluated = recipe.build_model(info.num_classes, None).to(device)
+        evaluated.load_state_dict(state.average.evaluated_state())
+    result = evaluate_model(evaluated, recipe, test_images, test_labels, num_classes=info.num_classes,
+                            batch_size=config.run.eval_batch_size, device=device,
+                            tta=recipe.final_eval_tta)  # fmt: skip
+    report.scalars(state.step, {"eval/precision_at_1": result["precision_at_1"],
+                                "eval/loss": result["loss"]}, kind="eval")  # fmt: skip
+    return result

@@ -1,55 +1,99 @@
-"""Continuing a run: which configuration and checkpoint a (re)started training uses."""
+"""Starting or continuing a run: who owns the run directory, which configuration and
+which checkpoint a (re)started training uses."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import TrainConfig, differing_fields, load_config
+from ..config import TrainConfig, build_config, differing_fields
 from ..errors import CifarlabError, ConfigError
+from ..run.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from ..run.config_file import load_config
+from ..run.lock import RunLock
 from . import distributed
-from .checkpoint import latest_checkpoint, load_checkpoint
-from .runtime import Placement
+from .distributed import Placement
 
 
-def resolve_run(config: TrainConfig, asked: dict) -> tuple[TrainConfig, Path | None]:
+@dataclass
+class StartingPoint:
+    config: TrainConfig
+    state: dict | None = None  # the checkpoint to continue from; None: a new run
+    checkpoint_name: str | None = None
+    notes: list[str] = field(default_factory=list)  # said to the user before training
+
+
+def resolve_run(config: TrainConfig, asked: dict) -> StartingPoint:
     """Continue the run in config's run directory if it holds a checkpoint.
 
     A continued run keeps its saved configuration; fields the user asked for explicitly
-    must agree with it, except those that do not change what is computed (max_steps...).
+    must agree with it, except those that do not change what is computed (max_steps for
+    recipes whose schedules do not span the run, intervals, paths...).
     """
-    run_dir = config.resolved_run_dir
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        return config, None
-    saved_path = run_dir / "config.json"
-    if not saved_path.is_file():
+    run_dir = config.run_dir
+    found = list_checkpoints(run_dir)
+    if not found:
+        return StartingPoint(config)
+    if not (run_dir / "config.json").is_file():
         raise ConfigError(f"{run_dir} holds checkpoints but no config.json: name a new --run-dir")
-    saved = load_config(saved_path)
+    saved = load_config(run_dir)
     differ = differing_fields(saved, asked)
     if differ:
         details = ", ".join(
-            f"{name} (saved {getattr(saved, name)!r}, asked {asked[name]!r})" for name in differ
+            f"{name} (saved {saved.get(name)!r}, asked {asked[name]!r})" for name in differ
         )
         raise ConfigError(f"{run_dir} holds a run with a different configuration: {details}. "
                           "To start over, name a new --run-dir; nothing is ever deleted")  # fmt: skip
-    keep = {k: v for k, v in asked.items() if k in saved.to_dict()}
-    return TrainConfig(**{**saved.to_dict(), **keep, "run_dir": str(run_dir)}), checkpoint
+    values = {**saved.flat(), **asked, "run_dir": str(run_dir)}
+    resumed = build_config(saved.recipe, values)
+    state, name, notes = newest_intact_checkpoint(found)
+    return StartingPoint(resumed, state, name, notes)
+
+
+def newest_intact_checkpoint(found: list[tuple[int, Path]]) -> tuple[dict, str, list[str]]:
+    """The newest checkpoint that loads and passes its digest; damaged ones are named and
+    left in place (never deleted), and an older one is used."""
+    notes = []
+    for _, path in reversed(found):
+        try:
+            return load_checkpoint(path), path.name, notes
+        except CheckpointError as e:
+            notes.append(f"skipping {e}")
+        except FileNotFoundError:
+            continue
+    raise CheckpointError(
+        f"{found[-1][1].parent}: none of its {len(found)} checkpoint(s) is intact ({notes[-1]}); "
+        "name a new --run-dir to start over"
+    )
+
+
+def claim_run_dir(run_dir: Path) -> RunLock:
+    """Create the run directory if needed and become its only trainer."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir}: exists and is not a directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--run-dir {run_dir}: cannot create it ({e.strerror or e})") from None
+    return RunLock(run_dir).acquire()
 
 
 def agree_on_run(
     config: TrainConfig, asked: dict, placement: Placement
-) -> tuple[TrainConfig, dict | None, str | None]:
-    """Rank 0 resolves the run and reads its checkpoint; every rank gets the same answer
-    (other nodes need not see rank 0's run directory). An error on rank 0 is raised on all."""
-    reply: tuple = ("ok", None, None, None)
+) -> tuple[StartingPoint, RunLock | None]:
+    """Rank 0 claims the run directory, resolves the run and reads its checkpoint; every
+    rank gets the same answer (other nodes need not see rank 0's run directory). An error on
+    rank 0 is raised on all. Returns rank 0's lock, held until training ends."""
+    lock, reply = None, None
     if placement.is_main:
         try:
-            resolved, checkpoint = resolve_run(config, asked)
-            state = load_checkpoint(checkpoint) if checkpoint is not None else None
-            reply = ("ok", resolved.to_dict(), state, checkpoint.name if checkpoint else None)
+            lock = claim_run_dir(config.run_dir)
+            reply = resolve_run(config, asked)
         except CifarlabError as e:
-            reply = ("error", type(e).__name__, str(e), None)
+            if lock is not None:
+                lock.release()
+            reply = e
     reply = distributed.broadcast_object(reply, placement)
-    if reply[0] == "error":
-        raise (ConfigError if reply[1] == "ConfigError" else CifarlabError)(reply[2])
-    return TrainConfig(**reply[1]), reply[2], reply[3]
+    if isinstance(reply, CifarlabError):
+        raise reply
+    return reply, lock

@@ -1,15 +1,13 @@
-"""Learning-rate schedules as pure functions of the step, and the optimizer."""
+"""Learning-rate schedules as pure functions of the step: no counters, nothing to save."""
 
 from __future__ import annotations
 
 import math
 
-import torch
-
 
 def staircase_decay_steps(num_train_examples: int, batch_size: int, epochs_per_decay: float) -> int:
     """Steps between decays: int(50000 / 128 * 350) = 136,718 for the tutorial."""
-    return int(num_train_examples / batch_size * epochs_per_decay)
+    return max(1, int(num_train_examples / batch_size * epochs_per_decay))
 
 
 def staircase_learning_rate(
@@ -17,10 +15,3 @@ def staircase_learning_rate(
 ) -> float:
     """initial * decay_factor ** floor(step / decay_steps): the rate used for step `step` (0-based)."""
     return initial * decay_factor ** math.floor(step / decay_steps)
-
-
-def make_optimizer(
-    parameters, learning_rate: float, momentum: float = 0.0
-) -> torch.optim.Optimizer:
-    # Weight decay is in the loss (per layer, as the tutorial), not in the optimizer.
-    return torch.optim.SGD(parameters, lr=learning_rate, momentum=momentum)

@@ -1,34 +1,8 @@
-"""Where a training process runs: device, rank, world size; signals that ask it to stop."""
+"""Signals that ask a training process to stop at the next step boundary."""
 
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
-
-import torch
-
-from ..errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Placement:
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0  # rank within this node: it fetches the node's data
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 class StopRequests:

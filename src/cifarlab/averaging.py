@@ -1,4 +1,11 @@
-"""Moving averages: of the weights (the evaluated model) and of scalar losses (summaries)."""
+"""Moving averages: of the weights (the evaluated model) and of scalar losses (summaries).
+
+A recipe's weight average is any object with this interface (`ExponentialWeightAverage`
+is the tutorial's): the trainer calls `update(model, step)` after every optimizer step on
+every rank, saves `state_dict()` in each checkpoint, and evaluation loads the weights that
+`evaluated_state()` returns. An average that writes back into the model (a lookahead) does
+so inside `update`, and its `evaluated_state` is then the model's own.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ def ema_decay_at(num_updates: int, max_decay: float) -> float:
     return min(max_decay, (1.0 + num_updates) / (10.0 + num_updates))
 
 
-class WeightAverage:
+class ExponentialWeightAverage:
     """Shadow copies of a model's floating-point parameters and buffers, started at their
     initial values (as TensorFlow's shadow variables are) and updated after every step."""
 
@@ -40,8 +47,16 @@ class WeightAverage:
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow
 
+    def evaluated_state(self) -> dict[str, torch.Tensor]:
+        """The weights to evaluate: the shadow copies, keyed like the model's state_dict."""
+        return self.shadow
+
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if set(state) != set(self.shadow):
+            raise KeyError(f"expected {len(self.shadow)} tensors named like the model's, got {len(state)}")
         for k, v in state.items():
+            if v.shape != self.shadow[k].shape:
+                raise ValueError(f"{k}: shape {tuple(v.shape)}, expected {tuple(self.shadow[k].shape)}")
             self.shadow[k].copy_(v)
 
 

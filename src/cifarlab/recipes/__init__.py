@@ -1,0 +1,114 @@
+"""Recipes: what differs between ways of training, one module each; the trainer, eval,
+predict, export and report serve every recipe unchanged.
+
+A recipe module defines a frozen `Params` dataclass (each field declared with `setting`:
+default, unit, why) and a `Recipe` subclass registered by name. It provides:
+
+  build_model(num_classes, train_images)     the network (train_images: uint8 [N, 32, 32, 3]
+                                             for a data-dependent initialisation, else None)
+  train_transform(images, generator, position)   uint8 NHWC batch -> model input
+  eval_preprocess()                          nn.Module, uint8 NHWC -> model input; shared by
+                                             eval, predict and export (so it must export)
+  tta_logits(model, x)                       logits averaged over the recipe's views
+  loss(model, logits, labels)                -> (total, {term name: value}) for the summaries
+  build_optimizer(model), learning_rates(step, plan)   one rate per parameter group, pure
+  weight_average(model)                      see cifarlab.averaging, or None
+  compute_dtype(device)                      autocast dtype, or None for float32
+
+and data: `run_defaults` (run fields this recipe wants by default, such as its batch size),
+`run_length_resumable` (may a continued run change max_steps?), `final_eval_tta`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """Facts about the run that schedules are functions of, besides the step."""
+
+    max_steps: int
+    steps_per_epoch: int
+    global_batch_size: int
+    train_examples: int
+
+
+class Recipe:
+    name: ClassVar[str]
+    Params: ClassVar[type]
+    run_defaults: ClassVar[dict[str, Any]] = {}
+    run_length_resumable: ClassVar[bool] = True  # False when schedules span the whole run
+    final_eval_tta: ClassVar[bool] = False  # the end-of-run evaluation uses tta_logits
+
+    def __init__(self, params: Any = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    def build_model(self, num_classes: int, train_images: torch.Tensor | None) -> nn.Module:
+        raise NotImplementedError
+
+    def train_transform(self, images, generator, position) -> torch.Tensor:
+        raise NotImplementedError
+
+    def eval_preprocess(self) -> nn.Module:
+        raise NotImplementedError
+
+    def tta_logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return model(x)
+
+    def loss(self, model, logits, labels) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def learning_rates(self, step: int, plan: TrainingPlan) -> list[float]:
+        raise NotImplementedError
+
+    def weight_average(self, model: nn.Module):
+        return None
+
+    def compute_dtype(self, device: torch.device) -> torch.dtype | None:
+        return None
+
+    def autocast(self, device: torch.device):
+        """The context the forward pass runs in: autocast to compute_dtype, or nothing."""
+        dtype = self.compute_dtype(device)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
+
+
+_REGISTRY: dict[str, type[Recipe]] = {}
+
+
+def register(cls: type[Recipe]) -> type[Recipe]:
+    """Class decorator: make a recipe available by its `name` (--recipe NAME)."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def recipe_names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def get_recipe(name: str, params: Any = None) -> Recipe:
+    """The recipe named `name` with `params` (None: its defaults)."""
+    _load_builtin()
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown recipe {name!r}: available {', '.join(recipe_names())}") from None
+    return cls(params)
+
+
+def _load_builtin() -> None:
+    from . import tutorial  # noqa: F401  (registers itself)

@@ -1,0 +1,38 @@
+"""RUN_DIR/config.json: the resolved configuration of a run, saved atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import TrainConfig, config_from_dict
+from ..errors import ConfigError
+from .files import atomic_write
+
+CONFIG = "config.json"
+
+
+def save_config(config: TrainConfig, run_dir: Path) -> None:
+    atomic_write(Path(run_dir) / CONFIG, json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def load_config(run_dir: Path) -> TrainConfig:
+    """The saved configuration; a one-line ConfigError for a file that is not one."""
+    path = Path(run_dir) / CONFIG
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{run_dir}: not a cifarlab run directory (no {CONFIG})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    return config_from_dict(values, str(path))
+
+
+def saved_recipe(run_dir: Path) -> str | None:
+    """The recipe a run directory was trained with, if it holds a readable configuration."""
+    try:
+        return load_config(run_dir).recipe
+    except ConfigError:
+        return None
