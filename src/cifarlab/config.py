@@ -31,25 +31,47 @@ class RunConfig:
     # What to train on
     dataset: str = setting("cifar10", "cifar10 | cifar100", choices=("cifar10", "cifar100"))
     synthetic: bool = setting(False, "train and test on the synthetic set (no download)")
-    synthetic_train_per_class: int = setting(500, "images per class, synthetic train split", at_least=1)
-    synthetic_test_per_class: int = setting(100, "images per class, synthetic test split", at_least=1)
+    synthetic_train_per_class: int = setting(
+        500, "images per class, synthetic train split", at_least=1
+    )
+    synthetic_test_per_class: int = setting(
+        100, "images per class, synthetic test split", at_least=1
+    )
     # Where
-    data_dir: str | None = setting(None, "data root; none: $CIFARLAB_DATA, else ~/.cache/cifarlab", resumable=True)
+    data_dir: str | None = setting(
+        None, "data root; none: $CIFARLAB_DATA, else ~/.cache/cifarlab", resumable=True
+    )
     run_dir: str | None = setting(None, "none: runs/<recipe>", resumable=True)
     device: str = setting("auto", "auto | cpu | cuda | cuda:N", resumable=True)
-    threads: int = setting(0, "CPU threads for torch; 0: torch's default (all cores)", at_least=0, resumable=True)
+    threads: int = setting(
+        0, "CPU threads for torch; 0: torch's default (all cores)", at_least=0, resumable=True
+    )
     # How long, how big
-    max_steps: int = setting(100_000, "optimizer steps (whether a continued run may change it is the recipe's call)", at_least=1)
+    max_steps: int = setting(
+        100_000,
+        "optimizer steps (whether a continued run may change it is the recipe's call)",
+        at_least=1,
+    )
     batch_size: int = setting(128, "images per step per process", at_least=1)
-    global_batch_size: int = setting(0, "images per step over all processes; 0: batch_size x processes", at_least=0)
+    global_batch_size: int = setting(
+        0, "images per step over all processes; 0: batch_size x processes", at_least=0
+    )
     seed: int = setting(0, "weights, data order and augmentation all derive from it", at_least=0)
     # Reporting and saving, in steps
-    loss_average_decay: float = setting(0.9, "moving average of each loss term, for the summaries", at_least=0, below=1)
+    loss_average_decay: float = setting(
+        0.9, "moving average of each loss term, for the summaries", at_least=0, below=1
+    )
     log_every: int = setting(10, "steps between console lines", at_least=1, resumable=True)
-    summary_every: int = setting(100, "steps between TensorBoard summaries and metrics.jsonl", at_least=1, resumable=True)
+    summary_every: int = setting(
+        100, "steps between TensorBoard summaries and metrics.jsonl", at_least=1, resumable=True
+    )
     checkpoint_every: int = setting(1000, "steps between checkpoints", at_least=1, resumable=True)
-    keep_checkpoints: int = setting(5, "newest checkpoints kept; older ones are removed", at_least=1, resumable=True)
-    eval_batch_size: int = setting(128, "images per forward pass in the end-of-run evaluation", at_least=1, resumable=True)
+    keep_checkpoints: int = setting(
+        5, "newest checkpoints kept; older ones are removed", at_least=1, resumable=True
+    )
+    eval_batch_size: int = setting(
+        128, "images per forward pass in the end-of-run evaluation", at_least=1, resumable=True
+    )
     check_finite_every: int = setting(1, "steps between NaN/Inf checks and stop decisions (each costs a sync on GPU)",
                                       at_least=1, resumable=True)  # fmt: skip
 
@@ -81,7 +103,11 @@ class TrainConfig:
 
     def flat(self) -> dict[str, Any]:
         """Every field by name, for logs and reports."""
-        return {"recipe": self.recipe, **dataclasses.asdict(self.run), **dataclasses.asdict(self.params)}
+        return {
+            "recipe": self.recipe,
+            **dataclasses.asdict(self.run),
+            **dataclasses.asdict(self.params),
+        }
 
 
 RUN_FIELDS = frozenset(field_names(RunConfig))
@@ -98,7 +124,9 @@ def check_names(values: dict[str, Any], recipe, where: str) -> None:
                           f"valid: {', '.join(valid_names(recipe))}")  # fmt: skip
 
 
-def build_config(recipe_name: str = DEFAULT_RECIPE, asked: dict[str, Any] | None = None) -> TrainConfig:
+def build_config(
+    recipe_name: str = DEFAULT_RECIPE, asked: dict[str, Any] | None = None
+) -> TrainConfig:
     """The recipe's defaults with `asked` (already merged from file, --set, flags) applied.
     Values may be strings (from --set): they are converted to each field's type here."""
     from .recipes import get_recipe
@@ -108,7 +136,9 @@ def build_config(recipe_name: str = DEFAULT_RECIPE, asked: dict[str, Any] | None
     check_names(asked, recipe, "configuration")
     run_values = {**recipe.run_defaults, **{k: v for k, v in asked.items() if k in RUN_FIELDS}}
     param_values = {k: v for k, v in asked.items() if k not in RUN_FIELDS}
-    return TrainConfig(recipe_name, build(RunConfig, run_values), build(recipe.Params, param_values))
+    return TrainConfig(
+        recipe_name, build(RunConfig, run_values), build(recipe.Params, param_values)
+    )
 
 
 def config_from_dict(values: dict[str, Any], where: str) -> TrainConfig:
@@ -125,7 +155,9 @@ def config_from_dict(values: dict[str, Any], where: str) -> TrainConfig:
             raise ConfigError(f"{where}: recipe must be a name, got {recipe!r}")
         return build_config(recipe, flat)
     except (KeyError, TypeError, AttributeError) as e:
-        raise ConfigError(f"{where}: not a cifarlab run configuration ({type(e).__name__}: {e})") from None
+        raise ConfigError(
+            f"{where}: not a cifarlab run configuration ({type(e).__name__}: {e})"
+        ) from None
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
 
@@ -182,5 +214,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
     nested = [k for k, v in values.items() if isinstance(v, dict)]
     if nested:
-        raise ConfigError(f"{path}: tables are not fields ({', '.join(nested)}); write key = value lines")
+        raise ConfigError(
+            f"{path}: tables are not fields ({', '.join(nested)}); write key = value lines"
+        )
     return values

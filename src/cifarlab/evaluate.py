@@ -87,7 +87,9 @@ def evaluate_model(
 def results_name(step: int, split: str, weights: str, tta: bool) -> str:
     """File stem for one evaluation: step-00001000, plus what differs from the default."""
     extras = [
-        x for x, on in ((split, split != "test"), (weights, weights != "averaged"), ("tta", tta)) if on
+        x
+        for x, on in ((split, split != "test"), (weights, weights != "averaged"), ("tta", tta))
+        if on
     ]
     return "-".join([f"step-{step:08d}", *extras])
 
@@ -181,7 +183,13 @@ def save_results(
     out_dir.mkdir(exist_ok=True)
     stem = results_name(result["step"], split, weights, tta)
     json_path = out_dir / f"{stem}.json"
-    record = {**result, "split": split, "weights": weights, "tta": tta, "class_names": list(class_names)}
+    record = {
+        **result,
+        "split": split,
+        "weights": weights,
+        "tta": tta,
+        "class_names": list(class_names),
+    }
     atomic_write(json_path, json.dumps(record, indent=1))
     save_confusion_png(result["confusion_matrix"], class_names, out_dir / f"{stem}-confusion.png",
                        f"step {result['step']}: precision @ 1 = {result['precision_at_1']:.4f}")  # fmt: skip

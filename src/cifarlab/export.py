@@ -23,7 +23,14 @@ from .run.files import atomic_writer
 MAX_LOGIT_DIFFERENCE = 1e-3  # an export that differs more than this from PyTorch is rejected
 DEFAULT_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 # Files a run directory's owner writes: an export never replaces them.
-RUN_FILES = ("config.json", "status.json", "metrics.jsonl", ".lock", "ckpt-*.pt", "events.out.tfevents.*")
+RUN_FILES = (
+    "config.json",
+    "status.json",
+    "metrics.jsonl",
+    ".lock",
+    "ckpt-*.pt",
+    "events.out.tfevents.*",
+)
 
 
 def classifier_with_preprocessing(preprocess: nn.Module, model: nn.Module) -> nn.Module:
@@ -85,7 +92,10 @@ def _run_torchscript(path: Path, images: torch.Tensor) -> torch.Tensor:
         return torch.jit.load(str(path))(images)
 
 
-FORMATS = {"onnx": (_export_onnx, _run_onnx), "torchscript": (_export_torchscript, _run_torchscript)}
+FORMATS = {
+    "onnx": (_export_onnx, _run_onnx),
+    "torchscript": (_export_torchscript, _run_torchscript),
+}
 
 
 def export_and_check(

@@ -106,7 +106,9 @@ def get_recipe(name: str, params: Any = None) -> Recipe:
     try:
         cls = _REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"unknown recipe {name!r}: available {', '.join(recipe_names())}") from None
+        raise ConfigError(
+            f"unknown recipe {name!r}: available {', '.join(recipe_names())}"
+        ) from None
     return cls(params)
 
 

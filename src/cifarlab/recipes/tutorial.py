@@ -28,11 +28,17 @@ DECAYED_WEIGHTS = ("local3.weight", "local4.weight")
 
 @dataclass(frozen=True)
 class Params:
-    learning_rate: float = setting(0.1, "initial learning rate, per step of 128 images per tower", above=0)
-    momentum: float = setting(0.0, "SGD momentum; 0: plain gradient descent, as the tutorial", at_least=0, below=1)
+    learning_rate: float = setting(
+        0.1, "initial learning rate, per step of 128 images per tower", above=0
+    )
+    momentum: float = setting(
+        0.0, "SGD momentum; 0: plain gradient descent, as the tutorial", at_least=0, below=1
+    )
     lr_decay_factor: float = setting(0.1, "multiply the rate by this ...", above=0, at_most=1)
     epochs_per_decay: float = setting(350.0, "... every this many epochs (staircase)", above=0)
-    weight_decay: float = setting(0.004, "L2 coefficient on local3 and local4 weights: wd * sum(W^2) / 2", at_least=0)
+    weight_decay: float = setting(
+        0.004, "L2 coefficient on local3 and local4 weights: wd * sum(W^2) / 2", at_least=0
+    )
     ema_decay: float = setting(0.9999, "moving average of the weights (evaluated), with update-count warm-up",
                                at_least=0, below=1)  # fmt: skip
 

@@ -91,8 +91,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int = 5) -> Pat
     except (OSError, RuntimeError) as e:  # torch reports a short write as RuntimeError
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"cannot write {final} ({reason}): is the disk full? "
-            "The earlier checkpoints are intact"
+            f"cannot write {final} ({reason}): is the disk full? The earlier checkpoints are intact"
         ) from None
     for _, old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)

@@ -37,16 +37,18 @@ class TrainedRun:
 
 
 def averaged_weights(recipe: Recipe, model: nn.Module, state: dict, path: Path) -> dict:
-    """The weights a checkpoint's weight average says to evaluate."""
+    """The weights a checkpoint's weight average says to evaluate. `model` must hold the
+    checkpoint's raw weights already: an average that writes back evaluates those."""
     average = recipe.weight_average(model)
     if average is None:
         return checkpoint_part(state, "model", path)
-    saved = saved_average(state, path)
     try:
-        average.load_state_dict(saved)
+        average.load_state_dict(saved_average(state, path))
     except (RuntimeError, KeyError, TypeError, AttributeError, ValueError) as e:
         first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: its averaged weights do not fit this run's network ({first})") from None
+        raise CheckpointError(
+            f"{path}: its averaged weights do not fit this run's network ({first})"
+        ) from None
     return average.evaluated_state()
 
 
@@ -56,7 +58,9 @@ def load_weights(model: nn.Module, weights: dict, path: Path) -> None:
         model.load_state_dict(weights)
     except (RuntimeError, KeyError, TypeError, AttributeError) as e:
         first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: its weights do not fit this run's network ({first})") from None
+        raise CheckpointError(
+            f"{path}: its weights do not fit this run's network ({first})"
+        ) from None
 
 
 def open_run(
@@ -78,10 +82,10 @@ def open_run(
         raise CifarlabError(f"{run_dir}: no checkpoint yet")
     state = load_checkpoint(checkpoint)
     model = recipe.build_model(info.num_classes, None)
-    if weights == "raw":
-        chosen = checkpoint_part(state, "model", checkpoint)
-    else:
+    load_weights(model, checkpoint_part(state, "model", checkpoint), checkpoint)
+    if weights != "raw":
         with torch.no_grad():
-            chosen = averaged_weights(recipe, model, state, checkpoint)
-    load_weights(model, chosen, checkpoint)
-    return TrainedRun(run_dir, config, recipe, info, model.to(device).eval(), int(state["step"]), Path(checkpoint))
+            load_weights(model, averaged_weights(recipe, model, state, checkpoint), checkpoint)
+    return TrainedRun(
+        run_dir, config, recipe, info, model.to(device).eval(), int(state["step"]), Path(checkpoint)
+    )

@@ -156,7 +156,11 @@ def agree_to_stop(
     )
     if nonfinite:
         value = loss.item()
-        shown = "NaN" if value != value or abs(value) != float("inf") else ("Inf" if value > 0 else "-Inf")
+        shown = (
+            "NaN"
+            if value != value or abs(value) != float("inf")
+            else ("Inf" if value > 0 else "-Inf")
+        )
         raise Diverged(f"Model diverged with loss = {shown} at step {step}")
     return signum
 
@@ -227,7 +231,9 @@ def _train(start: StartingPoint, placement: Placement, progress: bool | None) ->
                 agreed_signal = 0
                 if (state.step + 1) % run.check_finite_every == 0:
                     try:
-                        agreed_signal = agree_to_stop(result.loss, stop.signal, placement, state.step + 1)
+                        agreed_signal = agree_to_stop(
+                            result.loss, stop.signal, placement, state.step + 1
+                        )
                     except Diverged:
                         outcome = "diverged"
                         raise
@@ -261,7 +267,11 @@ def _train(start: StartingPoint, placement: Placement, progress: bool | None) ->
 
 
 def final_evaluation(
-    state: TrainingState, recipe: Recipe, config: TrainConfig, device: torch.device, report: Reporter
+    state: TrainingState,
+    recipe: Recipe,
+    config: TrainConfig,
+    device: torch.device,
+    report: Reporter,
 ) -> dict:
     """The averaged weights on the whole test split, with the recipe's TTA if it asks."""
     info = dataset_info(config.run.dataset)

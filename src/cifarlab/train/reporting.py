@@ -91,7 +91,9 @@ class Reporter:
         """The tutorial's histograms: activations and sparsity per layer, weights, gradients."""
         for tag, value in self.activations.items():
             self.log.histogram(f"{tag}/activations", value, step)
-            self.log.scalars(step, {f"{tag}/sparsity": (value == 0).float().mean().item()}, kind="sparsity")
+            self.log.scalars(
+                step, {f"{tag}/sparsity": (value == 0).float().mean().item()}, kind="sparsity"
+            )
         for name, param in self.model.named_parameters():
             self.log.histogram(f"weights/{name}", param, step)
             if param.grad is not None:
