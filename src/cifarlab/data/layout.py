@@ -1,6 +1,6 @@
 """Facts about the CIFAR binary data sets: file names, record layout, checksums, class names.
 
-Every number here comes from the data sets' official description (TUTORIAL_SPEC.md section 1).
+Every number here comes from the data sets' official description (docs/tutorial.md, "Data").
 """
 
 from __future__ import annotations
