@@ -177,7 +177,7 @@ def save_results(
 
     from torch.utils.tensorboard import SummaryWriter
 
-    from .run.files import atomic_write
+    from .files import atomic_write
 
     out_dir = Path(run_dir) / "eval"
     out_dir.mkdir(exist_ok=True)

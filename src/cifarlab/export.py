@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .errors import CifarlabError
-from .run.files import atomic_writer
+from .files import atomic_writer
 
 MAX_LOGIT_DIFFERENCE = 1e-3  # an export that differs more than this from PyTorch is rejected
 DEFAULT_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}

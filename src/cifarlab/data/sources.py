@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ChecksumError, DataError, SourceError
+from ..files import pid_alive
 from .layout import DatasetInfo, dataset_info, resolve_data_dir
 from .records import write_records
 
@@ -289,11 +290,10 @@ def _clean_stale_work_dirs(data_root: Path) -> None:
     for stale in data_root.glob(".download-*"):
         try:
             pid = int(stale.name.split("-")[1])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(stale, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError):
+        except (ValueError, IndexError):
             continue
+        if not pid_alive(pid):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _move_into_place(info: DatasetInfo, built: Path, data_root: Path, log: Log) -> Path:

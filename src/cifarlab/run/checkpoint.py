@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import CifarlabError
-from .files import atomic_writer, remove_dead_writers_temporaries
+from ..files import atomic_writer, remove_dead_writers_temporaries
 
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
 DIGEST_KEY = "sha256"  # of everything else in the checkpoint's top-level dict

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import TrainConfig, config_from_dict
 from ..errors import ConfigError
-from .files import atomic_write
+from ..files import atomic_write
 
 CONFIG = "config.json"
 

@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from .files import atomic_write, pid_alive
+from ..files import atomic_write, pid_alive
 
 STATUS = "status.json"
 
