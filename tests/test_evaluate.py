@@ -95,7 +95,7 @@ def test_watch_evaluates_each_checkpoint_of_a_concurrent_run_once_and_stops(tmp_
     assert watch.returncode == 0, watch.stderr
     steps = [json.loads(line)["step"] for line in watch.stdout.splitlines() if line.startswith("{")]
     assert sorted(steps) == [10, 20, 30, 40] and len(set(steps)) == 4  # each once
-    assert "training finished at step 40; stopping" in watch.stdout
+    assert "training finished, last checkpoint at step 40; stopping" in watch.stdout
     assert sorted(p.name for p in (run / "eval").glob("step-*.json")) == [
         f"step-000000{s}.json" for s in (10, 20, 30, 40)
     ]

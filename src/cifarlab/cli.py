@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 
 from .errors import CifarlabError
 
@@ -151,6 +152,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if not args.watch:
         run_once(None if args.checkpoint == "latest" else Path(args.checkpoint))
         return 0
+    from .run.config_file import load_config
     from .watch import watch_run
 
     def already_done(step: int) -> bool:
@@ -163,12 +165,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     while not (run_dir / "config.json").is_file():  # the trainer has not started yet
         print(f"waiting for a run to appear in {run_dir}", flush=True)
         time.sleep(min(args.interval_secs, 5))
-    watch_run(
-        run_dir,
-        lambda step, path: run_once(path),
-        interval_secs=args.interval_secs,
-        already_done=already_done,
-    )
+    try:
+        checkpoint_every = load_config(run_dir).run.checkpoint_every
+    except CifarlabError:
+        checkpoint_every = None
+    watch_run(run_dir, lambda step, path: run_once(path), interval_secs=args.interval_secs,
+              already_done=already_done, checkpoint_every=checkpoint_every)  # fmt: skip
     return 0
 
 
@@ -439,6 +441,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as e:  # the file system said no: permissions, a full disk, a missing path
+        where = f": {e.filename}" if e.filename else ""
+        print(f"cifarlab {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    except Exception:  # a bug of ours: say so first, then show where
+        print(f"cifarlab {args.command}: internal error (a bug in cifarlab; the traceback "
+              "below says where):", file=sys.stderr)  # fmt: skip
+        traceback.print_exc()
+        return 70
 
 
 if __name__ == "__main__":

@@ -55,9 +55,34 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     return _square_32(rgb)
 
 
+def _to_8_bits(image):
+    """High bit depth single-channel images ('I;16*', 'I', 'F') scaled to 8 bits, not
+    clipped: Pillow's convert('RGB') clips them, so a 16-bit grey image came out almost
+    white and a float one almost black. 16-bit (and 32-bit integer images holding 16-bit
+    values, as 16-bit PNGs decode) divide by 257; floats in [0, 1] multiply by 255, floats in
+    [0, 255] stay; anything else is refused rather than guessed."""
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"{image.mode} image holds NaN or infinite values")
+    low, high = float(values.min()), float(values.max())
+    if image.mode == "F":
+        if low < 0 or high > 255:
+            raise ValueError(f"float image values span {low:g}..{high:g}, not 0..1 or 0..255")
+        scaled = values * 255 if high <= 1 else values
+    else:
+        if low < 0 or high > 65535:
+            raise ValueError(f"{image.mode} image values span {low:g}..{high:g}, not 0..65535")
+        scaled = values / 257
+    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+
+
 def _to_rgb(image):
     from PIL import Image
 
+    if image.mode in ("F", "I") or image.mode.startswith("I;16"):
+        image = _to_8_bits(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

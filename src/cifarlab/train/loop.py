@@ -106,11 +106,14 @@ def build_state(
     device = placement.device
     model = recipe.build_model(num_classes, images).to(device)
     optimizer = recipe.build_optimizer(model)
-    batches = TrainBatches(
-        images, labels, distributed.per_rank_batch_size(config.run, placement.world_size),
-        transform=recipe.train_transform, seed=config.run.seed, device=device,
-        rank=placement.rank, world_size=placement.world_size,
-    )  # fmt: skip
+    try:
+        batches = TrainBatches(
+            images, labels, distributed.per_rank_batch_size(config.run, placement.world_size),
+            transform=recipe.train_transform, seed=config.run.seed, device=device,
+            rank=placement.rank, world_size=placement.world_size,
+        )  # fmt: skip
+    except ValueError as e:  # a batch larger than the data set
+        raise ConfigError(f"{e}: use a smaller --batch-size") from None
     # DDP averages gradients over ranks during backward; on one process it is not needed.
     net = model
     if placement.world_size > 1:
