@@ -30,6 +30,15 @@ DATA = [
 ]
 
 
+def _run(command):
+    """Run to completion; on failure, fail the test showing what the processes said."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, (
+        f"exit {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
+    )
+    return done.stdout
+
+
 def _torchrun(*args, nproc=2):
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
     return [torchrun, "--standalone", f"--nproc-per-node={nproc}", "-m", "cifarlab", "train", *args]
@@ -37,9 +46,8 @@ def _torchrun(*args, nproc=2):
 
 def test_two_processes_write_one_set_of_checkpoints_and_logs(tmp_path, capsys):
     run = tmp_path / "run"
-    out = subprocess.run(_torchrun(*DATA, "--run-dir", str(run), "--max-steps", "20", "--batch-size", "16",
-                                   "--checkpoint-every", "10", "--summary-every", "10"),
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = _run(_torchrun(*DATA, "--run-dir", str(run), "--max-steps", "20", "--batch-size", "16",
+                         "--checkpoint-every", "10", "--summary-every", "10"))  # fmt: skip
     assert out.count("training tutorial on CIFAR-10 (synthetic)") == 1  # rank 0 alone speaks
     assert "batch 32 (2 x 16)" in out and "precision @ 1 = " in out
     assert [s for s, _ in list_checkpoints(run)] == [10, 20]
@@ -55,11 +63,7 @@ def test_two_processes_write_one_set_of_checkpoints_and_logs(tmp_path, capsys):
 def test_two_ranks_of_16_equal_one_process_of_32(tmp_path):
     # Same examples, same distortions, gradients averaged: the same weights up to float rounding.
     common = [*DATA, "--max-steps", "6", "--checkpoint-every", "6"]
-    subprocess.run(
-        _torchrun(*common, "--run-dir", str(tmp_path / "two"), "--batch-size", "16"),
-        check=True,
-        capture_output=True,
-    )
+    _run(_torchrun(*common, "--run-dir", str(tmp_path / "two"), "--batch-size", "16"))
     subprocess.run([sys.executable, "-m", "cifarlab", "train", *common, "--run-dir", str(tmp_path / "one"),
                     "--batch-size", "32", "--threads", "1"], check=True, capture_output=True)  # fmt: skip
     two = load_checkpoint(tmp_path / "two" / "ckpt-00000006.pt")

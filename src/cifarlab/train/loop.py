@@ -247,6 +247,9 @@ def _train(start: StartingPoint, placement: Placement, progress: bool | None) ->
                     save_checkpoint(run_dir, state.step, state.snapshot(config, placement.world_size),
                                     keep=run.keep_checkpoints)  # fmt: skip
                 if agreed_signal:
+                    # Every rank waits for rank 0's checkpoint: a rank leaving early would
+                    # make torchrun stop rank 0 in the middle of writing it.
+                    distributed.barrier(placement)
                     outcome = "interrupted"
                     report.console(f"stopped by signal {agreed_signal} at step {state.step}; "
                                    "checkpoint written, resume by running the same command")  # fmt: skip
@@ -266,6 +269,7 @@ def _train(start: StartingPoint, placement: Placement, progress: bool | None) ->
                        f"{platform.node() or 'this machine'}")  # fmt: skip
         report.close()
         write_status(run_dir, "finished", state.step, run.max_steps)
+    distributed.barrier(placement)  # leave together: see the barrier before Interrupted
     return TrainResult(step=state.step, run_dir=run_dir, eval=result)
 
 
