@@ -347,6 +347,9 @@ def _clean_stale_work_dirs(data_root: Path) -> None:
 
 def _move_into_place(info: DatasetInfo, built: Path, data_root: Path, log: Log) -> Path:
     target = data_root / info.folder
+    if target.exists() and installed_problem(info, data_root) is None:
+        log(f"another download installed {target} meanwhile; keeping that one")
+        return target  # a concurrent `cifarlab download` finished first; ours is discarded
     if target.exists():
         # Something unverifiable is there (we checked before starting). Keep it, renamed:
         # nothing the user has is ever deleted.

@@ -135,4 +135,7 @@ def remove_stale_temporaries(run_dir: Path) -> None:
 
 def saved_average(state: dict, path: Path | str) -> Any:
     """The weight average's state; checkpoints written before recipes were modules call it "ema"."""
-    return state["average"] if "average" in state else checkpoint_part(state, "ema", path)
+    for key in ("average", "ema"):
+        if key in state:
+            return state[key]
+    return checkpoint_part(state, "average", path)

@@ -1,0 +1,48 @@
+"""Helpers for the fault suite: commands run as a user runs them, in their own process,
+and the promise every refusal keeps: one line, naming the problem, no traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+SMALL = ["--synthetic", "--set", "synthetic_train_per_class=10", "--set", "synthetic_test_per_class=3",
+         "--batch-size", "16", "--threads", "1", "--no-progress"]  # fmt: skip
+
+
+def cli(*args, env=None, preexec_fn=None, timeout=300):
+    """`cifarlab ARGS` in a fresh process -> CompletedProcess (text)."""
+    return subprocess.run([sys.executable, "-m", "cifarlab", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})},
+                          preexec_fn=preexec_fn)  # fmt: skip
+
+
+def assert_one_line_error(done, *fragments, code=1):
+    """Refused: exit `code`, stderr exactly one line, each fragment in it, no traceback."""
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == code, (done.returncode, done.stdout[-2000:], done.stderr[-4000:])
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr and "weights_only=False" not in done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def assert_usage_error(done, *fragments):
+    """A flag refused by the parser: exit 2, usage then one error line naming the flag."""
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    error = [line for line in done.stderr.splitlines() if ": error: " in line]
+    assert len(error) == 1, done.stderr
+    for fragment in fragments:
+        assert fragment in error[0], (fragment, error[0])
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """A finished 8-step synthetic tutorial run with checkpoints at 4 and 8."""
+    run = tmp_path_factory.mktemp("faults") / "run"
+    done = cli("train", *SMALL, "--run-dir", run, "--max-steps", 8, "--checkpoint-every", 4)
+    assert done.returncode == 0, done.stderr
+    return run

@@ -1,0 +1,111 @@
+"""Hostile and damaged checkpoints: refused in one line, no code run, nothing else touched."""
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from cifarlab.run.checkpoint import DIGEST_KEY, load_checkpoint
+
+from .conftest import SMALL, assert_one_line_error, cli
+
+MARKER = "/tmp/cifarlab-fault-suite-code-ran"
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+def _tensor_state(run):
+    return load_checkpoint(run / "ckpt-00000008.pt")
+
+
+def _flip_middle_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _write(path, obj):
+    torch.save(obj, path)
+
+
+CASES = {
+    "pickled code": (lambda run, p: _write(p, {"step": 9, "model": RunsCode()}), "holds Python objects"),
+    "a bare tensor": (lambda run, p: _write(p, torch.zeros(3)), "not a cifarlab checkpoint (it holds Tensor)"),
+    "a plain state dict": (lambda run, p: _write(p, _tensor_state(run)["model"]), "a dict without a step"),
+    "a list": (lambda run, p: _write(p, [1, 2, 3]), "it holds list"),
+    "no weights": (lambda run, p: _write(p, {"step": 9}), "no 'model'"),
+    "no average": (lambda run, p: _write(p, {"step": 9, "model": _tensor_state(run)["model"]}), "no 'average'"),
+    "another network": (lambda run, p: _write(p, {**_tensor_state(run), "model": torch.nn.Linear(3, 2).state_dict(),
+                                                  DIGEST_KEY: None}), "do not fit this run's network"),
+    "another data set (100 classes)": (
+        lambda run, p: _write(p, {**_tensor_state(run), DIGEST_KEY: None,
+                                  "model": {**_tensor_state(run)["model"],
+                                            "softmax_linear.weight": torch.zeros(100, 192),
+                                            "softmax_linear.bias": torch.zeros(100)}}), "do not fit"),
+    "one flipped byte": (lambda run, p: (shutil.copy(run / "ckpt-00000008.pt", p), _flip_middle_byte(p)),
+                         "damaged (its content no longer matches its SHA-256 digest)"),
+    "a forged digest": (lambda run, p: _write(p, {**_tensor_state(run), DIGEST_KEY: "0" * 64}), "damaged"),
+    "truncated": (lambda run, p: p.write_bytes((run / "ckpt-00000008.pt").read_bytes()[:100_000]), "not a readable"),
+    "empty": (lambda run, p: p.write_bytes(b""), "not a readable"),
+    "garbage": (lambda run, p: p.write_bytes(os.urandom(5000)), "not a readable"),
+    "a directory": (lambda run, p: p.mkdir(), "not a readable"),
+}  # fmt: skip
+
+
+@pytest.fixture
+def run_copy(small_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(small_run, copy)
+    return copy
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_eval_refuses_a_bad_newest_checkpoint_in_one_line(run_copy, case):
+    make, message = CASES[case]
+    if os.path.exists(MARKER):
+        os.remove(MARKER)
+    bad = run_copy / "ckpt-00000009.pt"
+    make(run_copy, bad)
+    before = {p.name: p.stat().st_mtime_ns for p in run_copy.iterdir()}
+    done = cli("eval", run_copy)
+    line = assert_one_line_error(done, "ckpt-00000009.pt", message)
+    assert line.startswith("cifarlab eval: error: ")
+    assert not os.path.exists(MARKER), "loading a checkpoint ran code from it"
+    after = {p.name: p.stat().st_mtime_ns for p in run_copy.iterdir()}
+    assert {k: after[k] for k in before} == before  # nothing the run holds was touched
+
+
+def test_resume_skips_damaged_checkpoints_and_refuses_when_none_is_intact(run_copy):
+    for step in (4, 8):
+        _flip_middle_byte(run_copy / f"ckpt-{step:08d}.pt")
+    done = cli("train", "--run-dir", run_copy, "--max-steps", 12, "--no-progress")
+    assert_one_line_error(done, "none of its 2 checkpoint(s) is intact", "name a new --run-dir")
+    assert sorted(p.name for p in run_copy.glob("ckpt-*")) == [
+        "ckpt-00000004.pt",
+        "ckpt-00000008.pt",
+    ]
+
+
+def test_predict_and_export_refuse_the_same_way(run_copy, tmp_path):
+    _flip_middle_byte(run_copy / "ckpt-00000008.pt")
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(image)
+    assert_one_line_error(cli("predict", run_copy, image), "ckpt-00000008.pt", "damaged")
+    assert_one_line_error(cli("export", run_copy), "ckpt-00000008.pt", "damaged")
+    assert not (run_copy / "model.onnx").exists()
+
+
+def test_a_hostile_checkpoint_cannot_resume_training(run_copy):
+    if os.path.exists(MARKER):
+        os.remove(MARKER)
+    for step in (4, 8):
+        torch.save({"step": step, "model": RunsCode()}, run_copy / f"ckpt-{step:08d}.pt")
+    done = cli("train", *SMALL, "--run-dir", run_copy, "--max-steps", 12)
+    assert_one_line_error(done, "is intact")
+    assert not os.path.exists(MARKER)

@@ -1,0 +1,61 @@
+"""Concurrent use of one run directory: one trainer owns it; readers are welcome."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cifarlab.run.checkpoint import list_checkpoints, load_checkpoint
+
+from .conftest import SMALL, assert_one_line_error, cli
+
+pytestmark = pytest.mark.slow
+
+
+def _torchrun(*args):
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    return [
+        torchrun,
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "cifarlab",
+        "train",
+        *map(str, args),
+    ]
+
+
+def _wait_for(path, process, timeout=120):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None and time.time() < deadline, process.communicate()[0]
+        time.sleep(0.05)
+
+
+def test_while_a_two_process_job_trains_other_trainers_are_refused_and_readers_work(tmp_path):
+    run = tmp_path / "run"
+    job = subprocess.Popen(_torchrun(*SMALL, "--run-dir", run, "--max-steps", 400, "--checkpoint-every", 20),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    _wait_for(run / "ckpt-00000020.pt", job)
+    owner = json.loads((run / "status.json").read_text())["pid"]
+    single = cli("train", *SMALL, "--run-dir", run, "--max-steps", 400, "--seed", 7)
+    assert_one_line_error(single, f"is in use by process {owner}")
+    second = subprocess.run(
+        _torchrun(*SMALL, "--run-dir", run, "--max-steps", 400), capture_output=True, text=True
+    )
+    assert (
+        second.returncode != 0 and f"is in use by process {owner}" in second.stdout + second.stderr
+    )
+    reader = cli("eval", run, "--json", "--threads", 1)  # reading beside training is fine
+    assert reader.returncode == 0, reader.stderr
+    out, _ = job.communicate(timeout=300)
+    assert job.returncode == 0, out
+    assert list_checkpoints(run)[-1][0] == 400
+    assert load_checkpoint(run / "ckpt-00000400.pt")["world_size"] == 2  # the owner's, untouched
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert train_steps == sorted(set(train_steps))  # one writer: no mixed, repeated steps
