@@ -108,7 +108,7 @@ class Tiny(recipes.Recipe):
         rest = [p for n, p in model.named_parameters() if not n.startswith("norm.")]
         return torch.optim.Adam([{"params": rest}, {"params": norm}])
 
-    def weight_average(self, model):
+    def weight_average(self, model, plan):
         return LookaheadAverage(model)
 
     def learning_rates(self, step, plan):

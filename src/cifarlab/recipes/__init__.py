@@ -12,7 +12,8 @@ default, unit, why) and a `Recipe` subclass registered by name. It provides:
   tta_logits(model, x)                       logits averaged over the recipe's views
   loss(model, logits, labels)                -> (total, {term name: value}) for the summaries
   build_optimizer(model), learning_rates(step, plan)   one rate per parameter group, pure
-  weight_average(model)                      see cifarlab.averaging, or None
+  weight_average(model, plan)                see cifarlab.averaging, or None (plan: None
+                                             when a trained run is only being read)
   compute_dtype(device)                      autocast dtype, or None for float32
 
 and data: `run_defaults` (run fields this recipe wants by default, such as its batch size),
@@ -72,7 +73,7 @@ class Recipe:
     def learning_rates(self, step: int, plan: TrainingPlan) -> list[float]:
         raise NotImplementedError
 
-    def weight_average(self, model: nn.Module):
+    def weight_average(self, model: nn.Module, plan: TrainingPlan | None):
         return None
 
     def compute_dtype(self, device: torch.device) -> torch.dtype | None:
@@ -113,4 +114,4 @@ def get_recipe(name: str, params: Any = None) -> Recipe:
 
 
 def _load_builtin() -> None:
-    from . import tutorial  # noqa: F401  (registers itself)
+    from . import fast, tutorial  # noqa: F401  (each registers itself)

@@ -87,5 +87,7 @@ class Tutorial(Recipe):
         )
         return [staircase_learning_rate(step, p.learning_rate, p.lr_decay_factor, decay_steps)]
 
-    def weight_average(self, model: nn.Module) -> ExponentialWeightAverage:
+    def weight_average(
+        self, model: nn.Module, plan: TrainingPlan | None
+    ) -> ExponentialWeightAverage:
         return ExponentialWeightAverage(model, self.params.ema_decay)

@@ -39,7 +39,7 @@ class TrainedRun:
 def averaged_weights(recipe: Recipe, model: nn.Module, state: dict, path: Path) -> dict:
     """The weights a checkpoint's weight average says to evaluate. `model` must hold the
     checkpoint's raw weights already: an average that writes back evaluates those."""
-    average = recipe.weight_average(model)
+    average = recipe.weight_average(model, None)
     if average is None:
         return checkpoint_part(state, "model", path)
     try:

@@ -66,6 +66,7 @@ class TrainingState:
     batches: TrainBatches
     average: Any  # the recipe's weight average, or None
     loss_average: ScalarAverage
+    plan: TrainingPlan  # what schedules are functions of, besides the step
 
     def snapshot(self, config: TrainConfig, world_size: int) -> dict:
         return {
@@ -118,9 +119,11 @@ def build_state(
     net = model
     if placement.world_size > 1:
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    average = recipe.weight_average(model)  # on every rank: an average may write back
+    plan = TrainingPlan(config.run.max_steps, batches.steps_per_epoch, batches.global_batch_size,
+                        images.shape[0])  # fmt: skip
+    average = recipe.weight_average(model, plan)  # on every rank: an average may write back
     return TrainingState(0, model, net, optimizer, batches, average,
-                         ScalarAverage(config.run.loss_average_decay))  # fmt: skip
+                         ScalarAverage(config.run.loss_average_decay), plan)  # fmt: skip
 
 
 def forward_step(state: TrainingState, recipe: Recipe, plan: TrainingPlan) -> StepResult:
@@ -205,9 +208,7 @@ def _train(start: StartingPoint, placement: Placement, progress: bool | None) ->
     state = build_state(config, recipe, placement, train_images, train_labels, info.num_classes)
     if start.state is not None:
         state.restore(start.state, placement.world_size, run_dir)
-    batches = state.batches
-    plan = TrainingPlan(run.max_steps, batches.steps_per_epoch, batches.global_batch_size,
-                        train_images.shape[0])  # fmt: skip
+    batches, plan = state.batches, state.plan
     report = Reporter(run, run_dir, state, is_main=is_main, progress=progress)
     for note in start.notes:
         report.console(note)

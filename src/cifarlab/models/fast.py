@@ -1,0 +1,103 @@
+"""The fast recipe's network: a whitening stem and three conv-pool-BatchNorm blocks.
+
+  input         [N, 3, 32, 32], normalized per channel
+  whiten        2x2 conv, 3 -> 24, no padding, frozen to the whitening transform of 2x2
+                patches (12 eigen-filters and their negatives); only its bias trains  [N, 24, 31, 31]
+  GELU
+  block 1       conv 3x3 24 -> 64, max-pool 2, BN, GELU, conv 3x3 64 -> 64, BN, GELU  [N, 64, 15, 15]
+  block 2       the same, 64 -> 256                                                 [N, 256, 7, 7]
+  block 3       the same, 256 -> 256                                                [N, 256, 3, 3]
+  global max pool, linear 256 -> classes (no bias), logits scaled by 1/9
+
+No residual connections. Convolutions start as the identity on their first input channels
+(so a block passes its input through at first); BatchNorm weights are frozen at 1 and only
+their biases train; logits are scaled down so the initial predictions are near uniform.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+LOGIT_SCALE = 1 / 9  # keeps initial logits small: softmax near uniform at the start
+
+
+def whitening_filters(patches: torch.Tensor, eps: float = 5e-4) -> torch.Tensor:
+    """patches [P, C, k, k] -> filters [2 * C*k*k, C, k, k]: eigenvectors of the patches'
+    covariance scaled by 1/sqrt(eigenvalue + eps), then their negatives (so a ReLU-like
+    activation keeps both signs). Applied to patches, the first half gives features with
+    (nearly) identity covariance."""
+    p, c, k, _ = patches.shape
+    flat = patches.reshape(p, -1).double()
+    flat = flat - flat.mean(dim=0)
+    covariance = flat.T @ flat / p  # [C*k*k, C*k*k]
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
+    order = eigenvalues.flip(0), eigenvectors.flip(1)  # largest first
+    filters = (order[1] / (order[0] + eps).sqrt()).T.reshape(-1, c, k, k)
+    return torch.cat([filters, -filters]).float()
+
+
+def _patches(images: torch.Tensor, size: int) -> torch.Tensor:
+    """images [N, C, H, W] -> every size x size patch [N * (H-size+1) * (W-size+1), C, size, size]."""
+    n, c = images.shape[:2]
+    windows = images.unfold(2, size, 1).unfold(3, size, 1)  # [N, C, H', W', s, s]
+    return windows.permute(0, 2, 3, 1, 4, 5).reshape(-1, c, size, size)
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, channels_in: int, channels_out: int, bn_momentum: float) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False)
+        self.pool = nn.MaxPool2d(2)
+        self.norm1 = _batch_norm(channels_out, bn_momentum)
+        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, padding=1, bias=False)
+        self.norm2 = _batch_norm(channels_out, bn_momentum)
+        self.activation = nn.GELU()
+        for conv in (self.conv1, self.conv2):
+            _identity_init(conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.activation(self.norm1(self.pool(self.conv1(x))))
+        return self.activation(self.norm2(self.conv2(x)))
+
+
+def _batch_norm(channels: int, momentum: float) -> nn.BatchNorm2d:
+    norm = nn.BatchNorm2d(channels, momentum=momentum, eps=1e-12)
+    norm.weight.requires_grad_(False)  # frozen at 1: only the bias (shift) trains
+    return norm
+
+
+@torch.no_grad()
+def _identity_init(conv: nn.Conv2d) -> None:
+    """Default init, then the first in_channels filters pass their input channel through."""
+    n = min(conv.in_channels, conv.out_channels)
+    nn.init.dirac_(conv.weight[:n])
+
+
+class FastNet(nn.Module):
+    def __init__(
+        self, num_classes: int = 10, widths=(64, 256, 256), bn_momentum: float = 0.6
+    ) -> None:
+        super().__init__()
+        self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        self.activation = nn.GELU()
+        channels = [24, *widths]
+        self.blocks = nn.Sequential(
+            *[ConvBlock(channels[i], channels[i + 1], bn_momentum) for i in range(len(widths))]
+        )
+        self.head = nn.Linear(widths[-1], num_classes, bias=False)
+
+    @torch.no_grad()
+    def init_whitening(self, images: torch.Tensor) -> None:
+        """images: normalized float [N, 3, 32, 32] (a few thousand are plenty)."""
+        self.whiten.weight.copy_(whitening_filters(_patches(images, 2)))
+        self.whiten.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.activation(self.whiten(x)))  # [N, 256, 3, 3]
+        x = torch.amax(x, dim=(2, 3))  # [N, 256]
+        return self.head(x) * LOGIT_SCALE
+
+    def activation_points(self) -> dict[str, nn.Module]:
+        return {f"block{i + 1}": block for i, block in enumerate(self.blocks)}

@@ -1,0 +1,233 @@
+"""The fast recipe: about 94% on CIFAR-10 in about ten epochs (docs/fast.md explains each
+choice). Written from the published ideas of the fastest known recipes (airbench94 and
+its predecessors); no code of theirs.
+
+Network (models/fast.py): a frozen whitening stem, three conv-pool-BatchNorm blocks.
+Training: the whole batch normalized once; alternating flip (each image mirrored in every
+other epoch); translation by up to 2 pixels (reflect padding). Label-smoothed
+cross-entropy; Nesterov SGD with decoupled weight decay, BatchNorm biases at a larger rate,
+the whitening bias trained only at first; a warm-up then a linear decay to zero over the
+run; a lookahead average written back into the weights every few steps. Evaluation: the
+image, its mirror and two 1-pixel shifts, averaged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.fast import FastNet
+from ..settings import setting
+from . import Recipe, TrainingPlan, register
+
+# Channel statistics of the CIFAR-10 training set, on the 0-255 scale (docs/tutorial.md).
+MEAN = (125.31, 122.95, 113.87)
+STD = (62.99, 62.09, 66.70)
+WHITENING_IMAGES = 5000  # patches of this many training images set the whitening filters
+
+
+@dataclass(frozen=True)
+class Params:
+    learning_rate: float = setting(
+        1.5,
+        "SGD step on the batch-mean loss at batch 1,024 (scaled linearly with the batch)",
+        above=0,
+    )
+    momentum: float = setting(0.85, "Nesterov momentum", at_least=0, below=1)
+    weight_decay: float = setting(
+        1.3e-3, "decoupled: each step shrinks weights by learning_rate x this", at_least=0
+    )
+    bias_lr_scale: float = setting(
+        64.0,
+        "BatchNorm biases learn this much faster (their weight decay this much weaker)",
+        above=0,
+    )
+    label_smoothing: float = setting(
+        0.2, "cross-entropy target: 1 - this on the label, the rest spread", at_least=0, below=1
+    )
+    warmup_fraction: float = setting(
+        0.23, "fraction of the run over which the rate rises from 0.2x to 1x", at_least=0, below=1
+    )
+    whiten_bias_epochs: float = setting(
+        3.0, "epochs during which the whitening bias trains (then frozen)", at_least=0
+    )
+    translate: int = setting(2, "random translation, pixels, reflect-padded", at_least=0, at_most=4)
+    lookahead_every: int = setting(5, "steps between lookahead averages", at_least=1)
+    lookahead_decay: float = setting(
+        0.95**5, "final weight of the slow copy; it grows as progress**3", at_least=0, below=1
+    )
+    bn_momentum: float = setting(
+        0.6, "BatchNorm running-statistics update, PyTorch's convention", above=0, at_most=1
+    )
+    width: int = setting(256, "channels of blocks 2 and 3 (block 1: width / 4)", at_least=8)  # fmt: skip
+
+
+class Normalize(nn.Module):
+    """uint8 [N, 32, 32, 3] -> float [N, 3, 32, 32] channels_last, per-channel standardized."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float()  # a channels_last view: no copy
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
+
+def alternating_flip(indices: torch.Tensor, epoch: int) -> torch.Tensor:
+    """bool [B]: mirror these images in this epoch. Each image has a fixed pseudo-random
+    parity (a hash of its index, so half the images start mirrored) and is mirrored in
+    every other epoch: over any two epochs every image is seen both ways."""
+    parity = ((indices * 2654435761) >> 16) & 1  # Knuth's multiplicative hash, one bit
+    return (parity ^ (epoch % 2)).bool()
+
+
+def translate(
+    x: torch.Tensor, shift: int, generator: torch.Generator, offset: int, total: int
+) -> torch.Tensor:
+    """Each image moved by (dy, dx) in [-shift, shift], reflect-padded. The shifts are drawn
+    for the whole global batch (`total`) and this rank's slice taken."""
+    if shift == 0:
+        return x
+    b, _, h, w = x.shape
+    span = 2 * shift + 1
+    drawn = torch.randint(0, span * span, (total,), generator=generator, device=generator.device)
+    choice = drawn[offset : offset + b].to(x.device)
+    padded = F.pad(x, (shift, shift, shift, shift), mode="reflect")
+    out = torch.empty_like(x)
+    for k in range(span * span):  # one slice per shift: 25 cheap copies beat a gather
+        chosen = (choice == k).nonzero().squeeze(1)
+        if chosen.numel():
+            dy, dx = divmod(k, span)
+            out[chosen] = padded[chosen, :, dy : dy + h, dx : dx + w]
+    return out
+
+
+def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """x moved by one pixel (dy, dx in -1, 0, 1), reflect-padded: a TTA view."""
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    h, w = x.shape[-2:]
+    return padded[:, :, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+
+
+class LookaheadAverage:
+    """Every `every` steps: slow <- slow + (1 - d) (fast - slow), then fast <- slow, with
+    d = final_decay * progress**3 growing from 0 (early on, nothing held back) to its final
+    value. Written back into the model on every rank; the model's weights are what is
+    evaluated. Covers every float tensor of the state, BatchNorm statistics included."""
+
+    def __init__(
+        self, model: nn.Module, plan: TrainingPlan | None, every: int, final_decay: float
+    ) -> None:
+        self.model, self.plan, self.every, self.final_decay = model, plan, every, final_decay
+        self.slow = {
+            k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()
+        }
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        last = step == self.plan.max_steps
+        if step % self.every and not last:
+            return
+        decay = self.final_decay * (step / self.plan.max_steps) ** 3
+        current = model.state_dict()
+        slow = list(self.slow.values())
+        fast = [current[k] for k in self.slow]
+        torch._foreach_lerp_(slow, fast, 1.0 - decay)
+        torch._foreach_copy_(fast, slow)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.slow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if set(state) != set(self.slow):
+            raise KeyError(
+                f"expected {len(self.slow)} tensors named like the model's, got {len(state)}"
+            )
+        for k, v in state.items():
+            self.slow[k].copy_(v)
+
+    def evaluated_state(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+
+@register
+class Fast(Recipe):
+    name = "fast"
+    Params = Params
+    # 10 epochs of CIFAR-10 at batch 1,024 (48 steps an epoch, the last partial batch dropped).
+    run_defaults = {"max_steps": 480, "batch_size": 1024, "summary_every": 48, "checkpoint_every": 96,
+                    "log_every": 12, "eval_batch_size": 1000}  # fmt: skip
+    run_length_resumable = False  # the decay and the lookahead span the whole run
+    final_eval_tta = True
+
+    def build_model(self, num_classes: int, train_images: torch.Tensor | None) -> nn.Module:
+        model = FastNet(num_classes, widths=(self.params.width // 4, self.params.width, self.params.width),
+                        bn_momentum=self.params.bn_momentum)  # fmt: skip
+        if train_images is not None:
+            model.init_whitening(Normalize()(train_images[:WHITENING_IMAGES]))
+        return model.to(memory_format=torch.channels_last)
+
+    def train_transform(self, images, generator, position) -> torch.Tensor:
+        x = Normalize().to(images.device)(images)  # [B, 3, 32, 32]
+        flip = alternating_flip(position.indices, position.epoch)
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        x = translate(
+            x, self.params.translate, generator, position.offset, position.global_batch_size
+        )
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def eval_preprocess(self) -> nn.Module:
+        return Normalize()
+
+    def tta_logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        def mirrored(v):
+            return (model(v) + model(v.flip(3))) / 2
+
+        return (
+            0.5 * mirrored(x)
+            + 0.25 * mirrored(shifted(x, -1, -1))
+            + 0.25 * mirrored(shifted(x, 1, 1))
+        )
+
+    def loss(self, model, logits, labels):
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.params.label_smoothing)
+        return loss, {"cross_entropy": loss}
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        p = self.params
+        named = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
+        norm_biases = [q for n, q in named if ".norm" in n]
+        whiten_bias = [q for n, q in named if n == "whiten.bias"]
+        rest = [q for n, q in named if ".norm" not in n and n != "whiten.bias"]
+        # torch's weight_decay multiplies the rate: decoupled decay of lr x weight_decay a step
+        return torch.optim.SGD(
+            [{"params": rest, "weight_decay": p.weight_decay},
+             {"params": norm_biases, "weight_decay": p.weight_decay / p.bias_lr_scale},
+             {"params": whiten_bias, "weight_decay": 0.0}],
+            lr=p.learning_rate, momentum=p.momentum, nesterov=True,
+        )  # fmt: skip
+
+    def learning_rates(self, step: int, plan: TrainingPlan) -> list[float]:
+        p = self.params
+        base = p.learning_rate * plan.global_batch_size / 1024
+        progress = step / plan.max_steps
+        if progress < p.warmup_fraction:
+            factor = 0.2 + 0.8 * progress / p.warmup_fraction
+        else:
+            factor = (1 - progress) / (1 - p.warmup_fraction)
+        rate = base * factor
+        whiten_training = step < p.whiten_bias_epochs * plan.steps_per_epoch
+        return [rate, rate * p.bias_lr_scale, rate * p.bias_lr_scale if whiten_training else 0.0]
+
+    def weight_average(self, model: nn.Module, plan: TrainingPlan | None) -> LookaheadAverage:
+        return LookaheadAverage(
+            model, plan, self.params.lookahead_every, self.params.lookahead_decay
+        )
+
+    def compute_dtype(self, device: torch.device) -> torch.dtype | None:
+        return torch.bfloat16 if device.type == "cuda" else None  # no gain on CPUs without AMX

@@ -1,0 +1,155 @@
+"""The fast recipe's parts against hand computations, and short real runs on synthetic data."""
+
+import json
+
+import pytest
+import torch
+
+from cifarlab.cli import main
+from cifarlab.data.loader import BatchPosition
+from cifarlab.models.fast import FastNet, _patches, whitening_filters
+from cifarlab.recipes import TrainingPlan, get_recipe
+from cifarlab.recipes.fast import LookaheadAverage, alternating_flip, translate
+from cifarlab.run.checkpoint import load_checkpoint
+
+
+def test_whitening_filters_turn_a_known_covariance_into_the_identity():
+    torch.manual_seed(0)
+    mixing = torch.randn(12, 12, dtype=torch.float64)
+    covariance = mixing @ mixing.T + 0.1 * torch.eye(12, dtype=torch.float64)
+    patches = torch.distributions.MultivariateNormal(torch.zeros(12), covariance.float()).sample(
+        (200_000,)
+    )
+    filters = whitening_filters(patches.view(-1, 3, 2, 2), eps=0.0).double()  # [24, 3, 2, 2]
+    w = filters.view(24, 12)
+    assert torch.allclose(w[12:], -w[:12])  # the second half: the negatives
+    # W C W^T = I for the known covariance: the filters are C^(-1/2) up to a rotation
+    torch.testing.assert_close(
+        w[:12] @ covariance @ w[:12].T, torch.eye(12, dtype=torch.float64), atol=0.03, rtol=0
+    )
+    # ordered by variance: the first filter follows the covariance's largest eigenvector
+    top = torch.linalg.eigh(covariance).eigenvectors[:, -1]
+    assert abs(torch.nn.functional.cosine_similarity(w[0], top, dim=0)) > 0.99
+
+
+def test_the_network_whitens_its_training_patches():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(64, 3, 32, 32, generator=g).cumsum(dim=3)  # correlated neighbours
+    net = FastNet(10)
+    net.init_whitening(images)
+    with torch.no_grad():
+        features = torch.nn.functional.conv2d(images, net.whiten.weight[:12])
+    flat = features.permute(0, 2, 3, 1).reshape(-1, 12)
+    cov = torch.cov(flat.T)
+    torch.testing.assert_close(cov, torch.eye(12), atol=0.05, rtol=0)
+    assert _patches(images, 2).shape == (64 * 31 * 31, 3, 2, 2)
+
+
+def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
+    indices = torch.arange(10_000)
+    by_epoch = torch.stack([alternating_flip(indices, e) for e in range(4)])  # [4, N]
+    assert torch.equal(by_epoch[0], ~by_epoch[1]) and torch.equal(by_epoch[0], by_epoch[2])
+    assert torch.equal(by_epoch[1], by_epoch[3])
+    assert 0.48 < by_epoch[0].float().mean() < 0.52  # half start mirrored
+
+
+def test_translation_moves_each_image_by_its_drawn_shift_and_splits_across_ranks():
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32).repeat(4, 1, 1, 1)
+    whole = translate(x, 2, torch.Generator().manual_seed(5), 0, 8)
+    halves = [
+        translate(x[i * 4 : (i + 1) * 4], 2, torch.Generator().manual_seed(5), i * 4, 8)
+        for i in range(2)
+    ]
+    assert torch.equal(torch.cat(halves), whole)  # ranks see one process's shifts
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
+    for i in range(8):  # every output is one of the 25 windows of its padded image
+        assert any(
+            torch.equal(whole[i], padded[i, :, dy : dy + 32, dx : dx + 32])
+            for dy in range(5)
+            for dx in range(5)
+        )
+    assert torch.equal(translate(x, 0, torch.Generator(), 0, 8), x)
+
+
+@pytest.mark.parametrize(
+    "step, factor",
+    [(0, 0.2), (10, 0.2 + 0.8 * 0.10 / 0.23), (23, 1.0), (50, (1 - 0.5) / 0.77), (99, 0.01 / 0.77)],
+)
+def test_learning_rates_at_corner_steps(step, factor):
+    recipe = get_recipe("fast")
+    plan = TrainingPlan(
+        max_steps=100, steps_per_epoch=10, global_batch_size=512, train_examples=5120
+    )
+    rates = recipe.learning_rates(step, plan)
+    base = 1.5 * 512 / 1024
+    assert rates[0] == pytest.approx(base * factor)
+    assert rates[1] == pytest.approx(base * factor * 64)  # BatchNorm biases
+    assert rates[2] == (
+        pytest.approx(base * factor * 64) if step < 30 else 0.0
+    )  # whitening bias: 3 epochs
+
+
+def test_lookahead_holds_back_more_as_the_run_ends_and_lands_on_the_slow_copy():
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    plan = TrainingPlan(max_steps=10, steps_per_epoch=5, global_batch_size=4, train_examples=20)
+    average = LookaheadAverage(model, plan, every=5, final_decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    average.update(model, 3)  # not an averaging step
+    assert model.weight.eq(1.0).all()
+    average.update(model, 5)  # decay 0.5 * 0.5**3 = 0.0625: slow = 0.9375
+    assert model.weight[0, 0].item() == pytest.approx(0.9375) and average.slow["weight"][
+        0, 0
+    ].item() == pytest.approx(0.9375)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    average.update(model, 10)  # the last step: decay 0.5
+    assert model.weight[0, 0].item() == pytest.approx(0.5 * 0.9375 + 0.5 * 2.0)
+
+
+SMALL = ["--recipe", "fast", "--synthetic", "--set", "synthetic_train_per_class=40", "--set", "synthetic_test_per_class=10",
+         "--batch-size", "64", "--threads", "2", "--no-progress", "--set", "width=32"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_short_run_learns_and_resumes_exactly_mid_epoch(tmp_path, capsys):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    common = [
+        *SMALL,
+        "--max-steps",
+        "36",
+        "--checkpoint-every",
+        "9",
+        "--set",
+        "keep_checkpoints=10",
+    ]
+    assert main(["train", *common, "--run-dir", str(straight), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["precision_at_1"] > 0.5  # chance: 0.1 (6 steps an epoch: 36 steps = 6 epochs)
+    # As if killed after step 9 (mid-epoch 2, between lookahead steps): continue from there.
+    split.mkdir()
+    (split / "ckpt-00000009.pt").write_bytes((straight / "ckpt-00000009.pt").read_bytes())
+    (split / "config.json").write_text(
+        (straight / "config.json").read_text().replace(str(straight), str(split))
+    )
+    assert main(["train", "--run-dir", str(split), "--no-progress"]) == 0
+    a, b = (
+        load_checkpoint(straight / "ckpt-00000036.pt"),
+        load_checkpoint(split / "ckpt-00000036.pt"),
+    )
+    for part in ("model", "average"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    assert main(["eval", str(straight), "--tta", "--json"]) == 0
+    tta = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert tta["precision_at_1"] == result["precision_at_1"]  # the final evaluation used TTA
+
+
+def test_the_training_transform_gives_normalized_channels_last_batches():
+    recipe = get_recipe("fast")
+    images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
+    position = BatchPosition(epoch=0, offset=0, global_batch_size=8, indices=torch.arange(8))
+    x = recipe.train_transform(images, torch.Generator().manual_seed(0), position)
+    assert x.shape == (8, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
+    plain = recipe.eval_preprocess()(images)
+    assert plain.abs().max() < 3 and torch.allclose(x.abs().sum(), plain.abs().sum(), rtol=0.2)
