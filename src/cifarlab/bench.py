@@ -25,6 +25,9 @@ def bench_data(
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (50_000, 32, 32, 3), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (50_000,), generator=g)
+    from .run.device import pick_device
+
+    device = pick_device(device)
     transform = get_recipe("tutorial").train_transform
     batches = TrainBatches(
         images, labels, batch_size, transform=transform, seed=seed, device=device

@@ -75,6 +75,15 @@ def test_toml_files_that_are_not_configurations(tmp_path, case):
     assert not (tmp_path / "run" / "config.json").exists()
 
 
+def test_device_names_are_checked_by_every_command(small_run, tmp_path):
+    for args in (
+        ["eval", small_run],
+        ["predict", small_run, tmp_path / "x.png"],
+        ["bench", "data"],
+    ):
+        assert_one_line_error(cli(*args, "--device", "gpu"), "--device gpu: not a device")
+
+
 def test_config_paths_that_are_not_files(tmp_path):
     assert_one_line_error(cli("train", "--config", tmp_path), "is a directory")
     assert_one_line_error(cli("train", "--config", tmp_path / "none.toml"), "no such config file")
