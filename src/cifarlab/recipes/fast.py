@@ -51,6 +51,12 @@ class Params:
     warmup_fraction: float = setting(
         0.23, "fraction of the run over which the rate rises from 0.2x to 1x", at_least=0, below=1
     )
+    final_lr_fraction: float = setting(
+        0.07,
+        "the rate then falls linearly to this fraction at the last step",
+        at_least=0,
+        at_most=1,
+    )
     whiten_bias_epochs: float = setting(
         3.0, "epochs during which the whitening bias trains (then frozen)", at_least=0
     )
@@ -117,7 +123,7 @@ def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 class LookaheadAverage:
     """Every `every` steps: slow <- slow + (1 - d) (fast - slow), then fast <- slow, with
     d = final_decay * progress**3 growing from 0 (early on, nothing held back) to its final
-    value. Written back into the model on every rank; the model's weights are what is
+    value; at the last step the model becomes the slow copy itself. Written back into the model on every rank; the model's weights are what is
     evaluated. Covers every float tensor of the state, BatchNorm statistics included."""
 
     def __init__(
@@ -133,7 +139,7 @@ class LookaheadAverage:
         last = step == self.plan.max_steps
         if step % self.every and not last:
             return
-        decay = self.final_decay * (step / self.plan.max_steps) ** 3
+        decay = 1.0 if last else self.final_decay * (step / self.plan.max_steps) ** 3
         current = model.state_dict()
         slow = list(self.slow.values())
         fast = [current[k] for k in self.slow]
@@ -208,7 +214,7 @@ class Fast(Recipe):
         return torch.optim.SGD(
             [{"params": rest, "weight_decay": p.weight_decay},
              {"params": norm_biases, "weight_decay": p.weight_decay / p.bias_lr_scale},
-             {"params": whiten_bias, "weight_decay": 0.0}],
+             {"params": whiten_bias, "weight_decay": p.weight_decay}],
             lr=p.learning_rate, momentum=p.momentum, nesterov=True,
         )  # fmt: skip
 
@@ -219,10 +225,11 @@ class Fast(Recipe):
         if progress < p.warmup_fraction:
             factor = 0.2 + 0.8 * progress / p.warmup_fraction
         else:
-            factor = (1 - progress) / (1 - p.warmup_fraction)
+            done = (progress - p.warmup_fraction) / (1 - p.warmup_fraction)
+            factor = 1 + (p.final_lr_fraction - 1) * done
         rate = base * factor
         whiten_training = step < p.whiten_bias_epochs * plan.steps_per_epoch
-        return [rate, rate * p.bias_lr_scale, rate * p.bias_lr_scale if whiten_training else 0.0]
+        return [rate, rate * p.bias_lr_scale, rate if whiten_training else 0.0]
 
     def weight_average(self, model: nn.Module, plan: TrainingPlan | None) -> LookaheadAverage:
         return LookaheadAverage(
