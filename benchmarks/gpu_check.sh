@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One prepared check for a lent GPU machine (at most 10 minutes): the CUDA tests, the fast
+# recipe's time to accuracy over 5 seeds, the tutorial network's training images/s, and a
+# 1-GPU NCCL torchrun smoke run. Prints every figure with the card's name.
+#
+# The data: CIFAR-10 is 176 MB and a call carries at most 64 MiB, so bring it in three
+# parts on back-to-back calls (files git ignores stay on a warm machine between calls):
+#   here:   python benchmarks/split_data.py data/parts      # three folders of <= 62 MB
+#   call 1: carry data/parts/1    call 2: carry data/parts/2    call 3: carry data/parts/3 and run
+#           bash benchmarks/gpu_check.sh data/parts
+# The script joins the parts into one data root and checks every file against the official
+# md5s (`cifarlab download --verify`) before using it. Without data it runs what needs none.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+parts="${1:-}"
+seeds="${SEEDS:-5}"
+started=$(date +%s)
+
+echo "== machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python3 -m venv .venv-gpu && . .venv-gpu/bin/activate
+python -c "import torch" 2>/dev/null || pip install -q torch
+pip install -q -e '.[dev]'
+python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+
+echo "== CUDA tests (and everything else the suite runs quickly)"
+python -m pytest -q -x -m "not slow" 2>&1 | tail -3
+
+if [ -n "$parts" ]; then
+  export CIFARLAB_DATA="$PWD/data/root"
+  mkdir -p "$CIFARLAB_DATA/cifar-10-batches-bin"
+  cp "$parts"/*/* "$CIFARLAB_DATA/cifar-10-batches-bin/"
+  cifarlab download --verify | head -3 || { echo "data failed its check"; exit 1; }
+
+  echo "== fast recipe: time to accuracy, $seeds seeds (after an untimed warm-up run)"
+  python benchmarks/time_to_accuracy.py --recipe fast --seeds "$seeds" --device cuda \
+    --set checkpoint_every=100000 --set summary_every=100000 --set log_every=100000 --json | tail -12
+
+  echo "== tutorial network: training images/s on the GPU"
+  cifarlab train --device cuda --max-steps 2000 --run-dir runs/gpu-tutorial --no-progress \
+    --checkpoint-every 100000 --summary-every 100000 --log-every 500 | grep "examples/sec" | tail -2
+fi
+
+echo "== torchrun with NCCL, 1 process (synthetic data)"
+torchrun --standalone --nproc-per-node=1 -m cifarlab train --synthetic --device cuda \
+  --run-dir runs/gpu-nccl --max-steps 50 --no-progress | tail -2
+
+echo "== done in $(( $(date +%s) - started )) s"
