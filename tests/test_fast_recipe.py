@@ -153,3 +153,21 @@ def test_the_training_transform_gives_normalized_channels_last_batches():
     assert x.shape == (8, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
     plain = recipe.eval_preprocess()(images)
     assert plain.abs().max() < 3 and torch.allclose(x.abs().sum(), plain.abs().sum(), rtol=0.2)
+
+
+@pytest.mark.slow
+def test_a_budget_picks_whole_epochs_and_saves_them(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--budget", "0.4", "--run-dir", str(run), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "budget 0.4 min: " in out and " epoch(s) = " in out
+    steps = json.loads((run / "config.json").read_text())["run"]["max_steps"]
+    assert steps > 0 and steps % 6 == 0  # 400 images / 64: 6 steps an epoch
+    assert json.loads(out.strip().splitlines()[-1])["step"] == steps
+    assert (
+        main(
+            ["train", *SMALL, "--budget", "1", "--max-steps", "6", "--run-dir", str(tmp_path / "x")]
+        )
+        == 1
+    )
+    assert "--budget and --max-steps both set the run's length" in capsys.readouterr().err

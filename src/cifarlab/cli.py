@@ -92,6 +92,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # A continued run keeps its recipe unless one is named.
     recipe = asked.get("recipe") or (asked.get("run_dir") and saved_recipe(Path(asked["run_dir"])))
     config = build_config(recipe or DEFAULT_RECIPE, asked)
+    if args.budget is not None:
+        config = _fit_budget(config, asked, args.budget)
     asked = {name: config.get(name) for name in asked}  # converted to the fields' types
     try:
         result = train(config, asked, progress=False if args.no_progress else None)
@@ -103,6 +105,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps({"step": result.step, "run_dir": str(result.run_dir),
                           **{k: result.eval[k] for k in keys}}))  # fmt: skip
     return 0
+
+
+def _fit_budget(config, asked: dict, minutes: float):
+    """--budget: the whole epochs that fit, measured here; saved as max_steps."""
+    from .config import build_config
+    from .data.layout import dataset_info
+    from .run.device import pick_device
+    from .train.budget import steps_for_budget
+
+    if "max_steps" in asked:
+        raise CifarlabError("--budget and --max-steps both set the run's length: give one")
+    if (config.run_dir / "config.json").is_file():
+        print(f"{config.run_dir} holds a run: --budget is ignored, its saved length is kept")
+        return config
+    run = config.run
+    info = dataset_info(run.dataset)
+    if run.synthetic:
+        classes = info.num_classes
+        examples = (run.synthetic_train_per_class * classes, run.synthetic_test_per_class * classes)
+    else:
+        examples = (info.examples["train"], info.examples["test"])
+    asked["max_steps"] = steps_for_budget(config, minutes, *examples, pick_device(run.device))
+    return build_config(config.recipe, asked)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -278,6 +303,9 @@ def _train_parser(commands) -> None:
         "--run-dir", help="where checkpoints, logs and config go (default runs/<recipe>)"
     )
     p.add_argument("--max-steps", type=_at_least(1), help="optimizer steps (tutorial: 100,000)")
+    p.add_argument("--budget", type=_positive_float, metavar="MINUTES",
+                   help="instead of --max-steps: the whole epochs that fit this many minutes here, "
+                        "measured by a short timing run and saved in the run's configuration")  # fmt: skip
     p.add_argument(
         "--batch-size", type=_at_least(1), help="images per step per process (tutorial: 128)"
     )

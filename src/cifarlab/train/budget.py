@@ -1,0 +1,77 @@
+"""`cifarlab train --budget MINUTES`: the longest run that fits a time budget on this machine.
+
+A short timing run of the recipe's real training step (random images of the real shape:
+the cost does not depend on pixel values) and of its evaluation gives seconds per step and
+the final evaluation's cost; the run gets the whole epochs that fit what remains. The
+chosen max_steps is saved in config.json like any other field, so a rerun is the same run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..config import TrainConfig
+from ..data.loader import TrainBatches
+from ..errors import ConfigError
+from ..recipes import TrainingPlan, get_recipe
+
+STARTUP_SECONDS = 15.0  # imports, data loading and checking, writing the first files
+
+
+def _timed(fn, repeats: int) -> float:
+    fn()  # warm-up: allocator, caches, lazy initialisation
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def steps_for_budget(config: TrainConfig, minutes: float, train_examples: int = 50_000,
+                     test_examples: int = 10_000, device: torch.device | None = None, log=print) -> int:  # fmt: skip
+    device = device or torch.device("cpu")
+    recipe = get_recipe(config.recipe, config.params)
+    batch = config.run.global_batch_size or config.run.batch_size
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2 * batch, 32, 32, 3), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (2 * batch,), generator=g)
+    model = recipe.build_model(10, images).to(device)
+    optimizer = recipe.build_optimizer(model)
+    batches = TrainBatches(images, labels, batch, transform=recipe.train_transform, device=device)
+    plan = TrainingPlan(1000, batches.steps_per_epoch, batch, 2 * batch)
+    for group, rate in zip(optimizer.param_groups, recipe.learning_rates(0, plan), strict=True):
+        group["lr"] = rate * 1e-6  # time the real update without wrecking the weights
+
+    def step() -> None:
+        x, y = batches.next_batch()
+        with recipe.autocast(device):
+            logits = model(x)
+        loss, _ = recipe.loss(model, logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step_seconds = _timed(step, 3)
+    model.eval()
+    preprocess = recipe.eval_preprocess().to(device)
+    eval_batch = config.run.eval_batch_size
+    sample = images[:eval_batch].to(device)
+
+    @torch.no_grad()
+    def evaluate() -> None:
+        with recipe.autocast(device):
+            x = preprocess(sample)
+            recipe.tta_logits(model, x) if recipe.final_eval_tta else model(x)
+
+    eval_seconds = _timed(evaluate, 1) * test_examples / sample.shape[0]
+    steps_per_epoch = train_examples // batch
+    spare = minutes * 60 - STARTUP_SECONDS - eval_seconds
+    epochs = int(spare / (step_seconds * steps_per_epoch)) if spare > 0 else 0
+    if epochs < 1:
+        raise ConfigError(f"--budget {minutes:g} min: one epoch takes about "
+                          f"{(step_seconds * steps_per_epoch + eval_seconds + STARTUP_SECONDS) / 60:.1f} min "
+                          "on this machine; give more time")  # fmt: skip
+    log(f"budget {minutes:g} min: {step_seconds:.2f} s a step, about {eval_seconds:.0f} s to evaluate; "
+        f"{epochs} epoch(s) = {epochs * steps_per_epoch} steps fit")  # fmt: skip
+    return epochs * steps_per_epoch
