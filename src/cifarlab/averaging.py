@@ -52,16 +52,19 @@ class ExponentialWeightAverage:
         return self.shadow
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if set(state) != set(self.shadow):
-            raise KeyError(
-                f"expected {len(self.shadow)} tensors named like the model's, got {len(state)}"
-            )
-        for k, v in state.items():
-            if v.shape != self.shadow[k].shape:
-                raise ValueError(
-                    f"{k}: shape {tuple(v.shape)}, expected {tuple(self.shadow[k].shape)}"
-                )
-            self.shadow[k].copy_(v)
+        copy_saved_tensors(self.shadow, state)
+
+
+def copy_saved_tensors(target: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> None:
+    """Copy a saved average into its tensors; KeyError or ValueError if it is not one of
+    this model's (other names, another shape), so it is never half loaded."""
+    if set(saved) != set(target):
+        raise KeyError(f"expected {len(target)} tensors named like the model's, got {len(saved)}")
+    for k, v in saved.items():
+        if v.shape != target[k].shape:
+            raise ValueError(f"{k}: shape {tuple(v.shape)}, expected {tuple(target[k].shape)}")
+    for k, v in saved.items():
+        target[k].copy_(v)
 
 
 class ScalarAverage:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..averaging import copy_saved_tensors
 from ..models.fast import FastNet
 from ..settings import setting
 from . import Recipe, TrainingPlan, register
@@ -150,12 +151,7 @@ class LookaheadAverage:
         return self.slow
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if set(state) != set(self.slow):
-            raise KeyError(
-                f"expected {len(self.slow)} tensors named like the model's, got {len(state)}"
-            )
-        for k, v in state.items():
-            self.slow[k].copy_(v)
+        copy_saved_tensors(self.slow, state)
 
     def evaluated_state(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
