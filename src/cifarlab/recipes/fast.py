@@ -167,6 +167,10 @@ class Fast(Recipe):
     run_length_resumable = False  # the decay and the lookahead span the whole run
     final_eval_tta = True
 
+    def __init__(self, params: Params | None = None) -> None:
+        super().__init__(params)
+        self.normalize = Normalize()  # built once, not at every step
+
     def build_model(self, num_classes: int, train_images: torch.Tensor | None) -> nn.Module:
         model = FastNet(num_classes, widths=(self.params.width // 4, self.params.width, self.params.width),
                         bn_momentum=self.params.bn_momentum)  # fmt: skip
@@ -175,7 +179,7 @@ class Fast(Recipe):
         return model.to(memory_format=torch.channels_last)
 
     def train_transform(self, images, generator, position) -> torch.Tensor:
-        x = Normalize().to(images.device)(images)  # [B, 3, 32, 32]
+        x = self.normalize.to(images.device)(images)  # [B, 3, 32, 32]
         flip = alternating_flip(position.indices, position.epoch)
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         x = translate(
