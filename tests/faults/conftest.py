@@ -2,6 +2,7 @@
 and the promise every refusal keeps: one line, naming the problem, no traceback."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -46,3 +47,11 @@ def small_run(tmp_path_factory):
     done = cli("train", *SMALL, "--run-dir", run, "--max-steps", 8, "--checkpoint-every", 4)
     assert done.returncode == 0, done.stderr
     return run
+
+
+@pytest.fixture
+def run_copy(small_run, tmp_path):
+    """A copy of small_run that a test may damage."""
+    copy = tmp_path / "run"
+    shutil.copytree(small_run, copy)
+    return copy

@@ -56,13 +56,6 @@ CASES = {
 }  # fmt: skip
 
 
-@pytest.fixture
-def run_copy(small_run, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(small_run, copy)
-    return copy
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_eval_refuses_a_bad_newest_checkpoint_in_one_line(run_copy, case):
     make, message = CASES[case]

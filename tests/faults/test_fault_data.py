@@ -1,7 +1,5 @@
 """Corrupt data is never used: every command that reads a run's data checks it first."""
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -31,13 +29,6 @@ DAMAGE = {
     "the file deleted": (lambda p: p.unlink(), "missing test_batch.bin"),
     "the manifest deleted": (lambda p: (p.parent / MANIFEST).unlink(), f"no {MANIFEST}"),
 }
-
-
-@pytest.fixture
-def run_copy(small_run, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(small_run, copy)
-    return copy
 
 
 @pytest.mark.parametrize("case", list(DAMAGE))
