@@ -48,11 +48,6 @@ def resumable_names(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls) if f.metadata.get("resumable")}
 
 
-def describe(cls: type) -> list[tuple[str, Any, str]]:
-    """(name, default, help) of each field, for --help texts and docs."""
-    return [(f.name, f.default, f.metadata.get("help", "")) for f in dataclasses.fields(cls)]
-
-
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
