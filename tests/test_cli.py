@@ -52,3 +52,31 @@ def test_bench_data_json_last_line(capsys):
     assert main(["bench", "data", "--seconds", "0.2", "--repeats", "2", "--json"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last)["images_per_second"] > 0
+
+
+@pytest.mark.parametrize(
+    "what, extra", [("train", ["--steps", "2", "--warmup-steps", "1"]), ("eval", [])]
+)
+def test_bench_train_and_eval_report_their_rate_and_warm_up(capsys, what, extra):
+    args = [
+        "bench",
+        what,
+        "--recipe",
+        "tutorial",
+        "--repeats",
+        "2",
+        "--set",
+        "fast_path=false",
+        "--json",
+    ]
+    assert main([*args, *extra]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith(f"tutorial {'training step' if what == 'train' else 'evaluation'}")
+    assert len([line for line in out if line.startswith("  run ")]) == 2
+    result = json.loads(out[-1])
+    assert result["images_per_second"] > 0 and result["warmup_seconds"] > 0
+
+
+def test_bench_refuses_an_unknown_recipe_parameter(capsys):
+    assert main(["bench", "train", "--set", "nope=1"]) == 1  # as `train` does
+    assert "unknown field(s) nope" in capsys.readouterr().err

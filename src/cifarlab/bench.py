@@ -52,3 +52,93 @@ def bench_data(
         "threads": threads,
         "device": str(batches.device),
     }
+
+
+def _random_split(n: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [n, 32, 32, 3] and labels: pixel values do not change the cost of any step."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g)
+    return images, torch.randint(0, num_classes, (n,), generator=g)
+
+
+def _timed_rates(run_once, images_per_run: int, repeats: int, sync) -> list[float]:
+    rates = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        run_once()
+        sync()
+        rates.append(images_per_run / (time.perf_counter() - start))
+    return rates
+
+
+def bench_train(
+    recipe: str = "tutorial", *, overrides: dict | None = None, steps: int = 50,
+    warmup_steps: int = 10, repeats: int = 5, device: str = "cpu", seed: int = 0,
+) -> dict:  # fmt: skip
+    """Images/s of the real training step, as `cifarlab train` runs it: the batch drawn and
+    distorted by the input pipeline, forward, loss, backward, the optimizer step and the
+    recipe's weight average (train/loop.py's forward_step and apply_step), on a random
+    CIFAR-10-sized split. The first `warmup_steps` (lazy initialisation, any compilation)
+    are timed separately and not in the rate; each repeat then times `steps` steps."""
+    from .config import build_config
+    from .run.device import pick_device
+    from .train.distributed import Placement
+    from .train.loop import apply_step, build_state, forward_step
+
+    config = build_config(recipe, {**(overrides or {}), "run_dir": "unused", "seed": seed})
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    placement = Placement(pick_device(device))
+    images, labels = _random_split(50_000, 10, seed)
+    recipe_obj = get_recipe(config.recipe, config.params)
+    state = build_state(config, recipe_obj, placement, images, labels, num_classes=10)
+    state.net.train()
+    sync = torch.cuda.synchronize if placement.device.type == "cuda" else (lambda: None)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            apply_step(state, forward_step(state, recipe_obj, state.plan))
+
+    start = time.perf_counter()
+    run(warmup_steps)
+    sync()
+    warmup_seconds = time.perf_counter() - start
+    batch = state.batches.global_batch_size
+    rates = _timed_rates(lambda: run(steps), steps * batch, repeats, sync)
+    return {"images_per_second": statistics.median(rates), "runs": rates, "batch_size": batch,
+            "warmup_seconds": warmup_seconds, "threads": torch.get_num_threads(),
+            "device": str(placement.device)}  # fmt: skip
+
+
+def bench_eval(
+    recipe: str = "tutorial", *, overrides: dict | None = None, images: int = 10_000,
+    batch_size: int = 128, repeats: int = 5, device: str = "cpu", seed: int = 0,
+) -> dict:  # fmt: skip
+    """Images/s of evaluation as `cifarlab eval` runs it (evaluate.predict_logits: the
+    recipe's preprocessing, then the forward pass, batch by batch, no TTA) over a random
+    test-sized split; one untimed pass first warms caches (and compiles, if any)."""
+    from .config import build_config
+    from .evaluate import predict_logits
+    from .run.device import pick_device
+
+    config = build_config(recipe, {**(overrides or {}), "run_dir": "unused", "seed": seed})
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    dev = pick_device(device)
+    recipe_obj = get_recipe(config.recipe, config.params)
+    test_images, _ = _random_split(images, 10, seed)
+    torch.manual_seed(seed)
+    model = recipe_obj.build_model(10, test_images).to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def run() -> None:
+        predict_logits(model, recipe_obj, test_images, batch_size=batch_size, device=dev)
+
+    start = time.perf_counter()
+    run()
+    sync()
+    warmup_seconds = time.perf_counter() - start
+    rates = _timed_rates(run, images, repeats, sync)
+    return {"images_per_second": statistics.median(rates), "runs": rates, "batch_size": batch_size,
+            "warmup_seconds": warmup_seconds, "threads": torch.get_num_threads(), "device": str(dev)}  # fmt: skip

@@ -55,13 +55,41 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         device=args.device,
     )
-    print(f"input pipeline (crop, flip, brightness, contrast, standardize), batch {args.batch_size}, "
-          f"{args.threads} thread(s), {result['device']}")  # fmt: skip
+    title = (f"input pipeline (crop, flip, brightness, contrast, standardize), batch {args.batch_size}, "
+             f"{args.threads} thread(s), {result['device']}")  # fmt: skip
+    return _print_rates(title, result, args.json)
+
+
+def _cmd_bench_step(args: argparse.Namespace) -> int:
+    from .bench import bench_eval, bench_train
+    from .config import parse_set
+
+    overrides = parse_set(args.set or [])
+    if args.threads:
+        overrides["threads"] = args.threads
+    if args.what == "train":
+        if args.batch_size:
+            overrides["batch_size"] = args.batch_size
+        result = bench_train(args.recipe, overrides=overrides, steps=args.steps,
+                             warmup_steps=args.warmup_steps, repeats=args.repeats, device=args.device)  # fmt: skip
+        title = f"{args.recipe} training step (input pipeline, forward, loss, backward, optimizer, weight average)"
+    else:
+        result = bench_eval(args.recipe, overrides=overrides, batch_size=args.batch_size or 128,
+                            repeats=args.repeats, device=args.device)  # fmt: skip
+        title = f"{args.recipe} evaluation (preprocessing and forward, 10,000 images a run)"
+    title += (f", batch {result['batch_size']}, {result['threads']} thread(s), {result['device']}; "
+              f"warm-up {result['warmup_seconds']:.1f} s (not in the rate)")  # fmt: skip
+    return _print_rates(title, result, args.json)
+
+
+def _print_rates(title: str, result: dict, as_json: bool) -> int:
+    print(title)
     for i, rate in enumerate(result["runs"], 1):
         print(f"  run {i}: {rate:,.0f} images/s")
     print(f"  median: {result['images_per_second']:,.0f} images/s")
-    if args.json:
-        print(json.dumps({"images_per_second": round(result["images_per_second"], 1)}))
+    if as_json:
+        print(json.dumps({"images_per_second": round(result["images_per_second"], 1),
+                          "warmup_seconds": round(result.get("warmup_seconds", 0.0), 2)}))  # fmt: skip
     return 0
 
 
@@ -417,12 +445,15 @@ def _report_parser(commands) -> None:
 
 
 def _bench_parser(commands) -> None:
+    from .recipes import recipe_names
+
     p = commands.add_parser(
         "bench",
         help="measure throughput",
-        description="Throughput benchmarks (median of several runs).",
+        description="Throughput benchmarks (median of several runs, random data of the real shape).",
     )
     what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    json_help = 'print {"images_per_second": ...} as the last line'
     d = what.add_parser("data", help="images/s of the training input pipeline")
     d.add_argument("--batch-size", type=_at_least(1), default=128)
     d.add_argument(
@@ -434,10 +465,30 @@ def _bench_parser(commands) -> None:
     d.add_argument("--seconds", type=_positive_float, default=2.0, help="length of each run")
     d.add_argument("--repeats", type=_at_least(1), default=5, help="runs; the median is reported")
     d.add_argument("--device", default="cpu")
-    d.add_argument(
-        "--json", action="store_true", help='print {"images_per_second": ...} as the last line'
-    )
+    d.add_argument("--json", action="store_true", help=json_help)
     d.set_defaults(run=_cmd_bench)
+    for name, help_text in (("train", "images/s of the real training step"),
+                            ("eval", "images/s of evaluation (preprocessing and forward)")):  # fmt: skip
+        b = what.add_parser(name, help=help_text)
+        b.add_argument("--recipe", choices=recipe_names(), default="tutorial")
+        b.add_argument("--batch-size", type=_at_least(1),
+                       help="images per step (default: the recipe's) or per evaluated batch (default 128)")  # fmt: skip
+        if name == "train":
+            b.add_argument(
+                "--steps", type=_at_least(1), default=50, help="steps per timed run (default 50)"
+            )
+            b.add_argument("--warmup-steps", type=_at_least(0), default=10,
+                           help="untimed steps first (default 10)")  # fmt: skip
+        b.add_argument(
+            "--repeats", type=_at_least(1), default=5, help="runs; the median is reported"
+        )
+        b.add_argument("--threads", type=_at_least(1), help="CPU threads (default: all)")
+        b.add_argument("--device", default="cpu")
+        b.add_argument(
+            "--set", action="append", metavar="KEY=VALUE", help="a recipe parameter (repeatable)"
+        )
+        b.add_argument("--json", action="store_true", help=json_help)
+        b.set_defaults(run=_cmd_bench_step)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ out_c = x_c / (bias + alpha * sum_{k=c-r..c+r} x_k^2) ** beta, the window clippe
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -32,14 +33,83 @@ def local_response_norm(
 
 
 class LocalResponseNorm(nn.Module):
+    """`fast`: the channels_last implementation with its own backward; else the reference."""
+
     def __init__(
-        self, radius: int = 4, bias: float = 1.0, alpha: float = 0.001 / 9, beta: float = 0.75
-    ) -> None:
+        self, radius: int = 4, bias: float = 1.0, alpha: float = 0.001 / 9, beta: float = 0.75,
+        fast: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.radius, self.bias, self.alpha, self.beta = radius, bias, alpha, beta
+        self.fast = fast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return local_response_norm(x, self.radius, self.bias, self.alpha, self.beta)
+        lrn = local_response_norm_channels_last if self.fast else local_response_norm
+        return lrn(x, self.radius, self.bias, self.alpha, self.beta)
 
     def extra_repr(self) -> str:
         return f"depth_radius={self.radius}, bias={self.bias}, alpha={self.alpha:.3g}, beta={self.beta}"
+
+
+def _inverse_power(s: torch.Tensor, beta: float) -> torch.Tensor:
+    """s ** -beta; for the tutorial's 0.75 as two square roots, cheaper than a general pow."""
+    if beta == 0.75:
+        root = torch.sqrt(s)
+        return torch.rsqrt(s * root)  # s^-(1 + 1/2) / 2 = s^-0.75
+    return s.pow(-beta)
+
+
+def _window_sum(
+    x: torch.Tensor, band: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sum over each channel's window, channels_last in and out: the [N*H*W, C] x [C, C]
+    band product as a 1x1 convolution, which oneDNN runs 2-2.5x faster than torch.mm on
+    our AMD CPUs (measured at the tutorial's shapes; MKL's GEMM does not use AVX-512 on AMD)."""
+    c = band.shape[0]
+    return F.conv2d(x, band.view(c, c, 1, 1), bias)
+
+
+class _LRNChannelsLast(torch.autograd.Function):
+    """The same function as local_response_norm, laid out for speed: the channels are the
+    innermost dimension (channels_last), so the window sum over channels is one large
+    1x1 convolution, and the backward is written out instead of recorded:
+
+        s = bias + alpha * window(x^2),  p = s^-beta,  y = x * p
+        dL/dx = g * p - 2 * alpha * beta * x * window(g * x * p / s)
+
+    (the band is symmetric, so the window's transpose is the window itself). It keeps
+    x, s and p; autograd through the reference keeps about twice as much."""
+
+    @staticmethod
+    def forward(ctx, x, radius: int, bias: float, alpha: float, beta: float):
+        y, s, p, band = _lrn_forward(x, radius, bias, alpha, beta)
+        ctx.save_for_backward(x, s, p, band)  # band includes alpha
+        ctx.beta = beta
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, s, p, band = ctx.saved_tensors
+        g = g.contiguous(memory_format=torch.channels_last)
+        window = _window_sum(g * x * p / s, band)
+        return g * p - (2 * ctx.beta) * x * window, None, None, None, None
+
+
+def _lrn_forward(x, radius, bias, alpha, beta):
+    x = x.contiguous(memory_format=torch.channels_last)
+    c = x.shape[1]
+    band = _band(c, radius, x.device, x.dtype) * alpha
+    s = _window_sum(x * x, band, torch.full((c,), bias, dtype=x.dtype, device=x.device))
+    p = _inverse_power(s, beta)
+    return x * p, s, p, band
+
+
+def local_response_norm_channels_last(
+    x: torch.Tensor, radius: int = 4, bias: float = 1.0, alpha: float = 0.001 / 9,
+    beta: float = 0.75,
+) -> torch.Tensor:  # fmt: skip
+    """local_response_norm, fast on channels_last tensors (any layout is accepted); the
+    output is channels_last. Plain tensor ops when no gradient is needed (so it exports)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _LRNChannelsLast.apply(x, radius, bias, alpha, beta)
+    return _lrn_forward(x, radius, bias, alpha, beta)[0]

@@ -41,6 +41,8 @@ class Params:
     )
     ema_decay: float = setting(0.9999, "moving average of the weights (evaluated), with update-count warm-up",
                                at_least=0, below=1)  # fmt: skip
+    fast_path: bool = setting(True, "the network's CPU-fast implementation (channels_last, LRN with its own "
+                              "backward); false: the straightforward reference, same function", resumable=True)  # fmt: skip
 
 
 @register
@@ -52,7 +54,8 @@ class Tutorial(Recipe):
     run_length_resumable = True  # a staircase does not depend on the run's length
 
     def build_model(self, num_classes: int, train_images: torch.Tensor | None) -> nn.Module:
-        return TutorialNet(num_classes)
+        model = TutorialNet(num_classes, fast=self.params.fast_path)
+        return model.to(memory_format=torch.channels_last) if self.params.fast_path else model
 
     def train_transform(self, images, generator, position) -> torch.Tensor:
         # [B, 32, 32, 3] uint8 -> [B, 3, 24, 24]; drawn for the whole global batch
