@@ -46,23 +46,32 @@ def device_name(device: torch.device) -> str:
 
 
 def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
-    """fp32 [size x size] @ [size x size], best of `repeats` (the peak, not the typical)."""
+    """fp32 [size x size] @ [size x size], best of `repeats` (the peak, not the typical).
+    On the CPU, the better of two libraries: torch.mm (MKL) and oneDNN's matmul, which the
+    convolutions use. On AMD CPUs MKL's GEMM does not use AVX-512 and reaches about half of
+    what oneDNN does, so torch.mm alone would understate the machine's peak."""
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
+    products = [lambda: a @ b]
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        a_dnn, b_dnn = a.to_mkldnn(), b.t().contiguous().to_mkldnn()
+        products.append(lambda: torch._C._nn.mkldnn_linear(a_dnn, b_dnn, None))
     best = float("inf")
-    for _ in range(repeats + 2):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
+    for product in products:
+        for _ in range(repeats + 2):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            product()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
 
 
-def flops_per_step(config, device: torch.device) -> float:
-    """Forward + loss + backward FLOPs of one training step at the run's batch size."""
+def flops_per_step(config, device: torch.device, epoch: int = 0) -> float:
+    """Forward + loss + backward FLOPs of one training step at the run's batch size, with the
+    images the recipe makes in this epoch (their size may change: progressive resizing)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from cifarlab.data.loader import BatchPosition
@@ -73,7 +82,7 @@ def flops_per_step(config, device: torch.device) -> float:
     images = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8, device=device)
     model = recipe.build_model(10, images.cpu()).to(device)
     x = recipe.train_transform(images, torch.Generator(device).manual_seed(0),
-                               BatchPosition(0, 0, batch, torch.arange(batch, device=device)))  # fmt: skip
+                               BatchPosition(epoch, 0, batch, torch.arange(batch, device=device)))  # fmt: skip
     labels = torch.randint(0, 10, (batch,), device=device)
     with FlopCounterMode(display=False) as counter:
         with recipe.autocast(device):
@@ -81,6 +90,21 @@ def flops_per_step(config, device: torch.device) -> float:
         loss, _ = recipe.loss(model, logits.float(), labels)
         loss.backward()
     return float(counter.get_total_flops())
+
+
+def training_flops(config, device: torch.device, steps: int, train_examples: int = 50_000) -> float:
+    """The sum over the run's steps of each step's FLOPs (one count per epoch; the last
+    partial batch of an epoch is dropped, as the trainer does)."""
+    batch = config.run.global_batch_size or config.run.batch_size
+    per_epoch = train_examples // batch
+    counts = {}
+    total = 0.0
+    for step in range(steps):
+        epoch = step // per_epoch
+        if epoch not in counts:
+            counts[epoch] = flops_per_step(config, device, epoch)
+        total += counts[epoch]
+    return total
 
 
 def run_seed(recipe: str, seed: int, overrides: dict, run_dir: Path, device: torch.device) -> dict:
@@ -130,7 +154,7 @@ def main() -> None:
     rows = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         row = run_seed(args.recipe, seed, overrides, root / f"seed-{seed}", device)
-        row["flops"] = flops_per_step(row.pop("config"), device) * row["steps"]
+        row["flops"] = training_flops(row.pop("config"), device, row["steps"])
         rows.append(row)
         print(f"seed {seed}: accuracy {row['accuracy']:.4f}, {row['seconds']:.0f} s, "
               f"{row['flops']:.3g} training FLOPs", flush=True)  # fmt: skip

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cifarlab.cli import main
+from cifarlab.config import build_config
 from cifarlab.data.loader import BatchPosition
 from cifarlab.models.fast import FastNet, _patches, whitening_filters
 from cifarlab.recipes import TrainingPlan, get_recipe
@@ -153,6 +154,31 @@ def test_the_training_transform_gives_normalized_channels_last_batches():
     assert x.shape == (8, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
     plain = recipe.eval_preprocess()(images)
     assert plain.abs().max() < 3 and torch.allclose(x.abs().sum(), plain.abs().sum(), rtol=0.2)
+
+
+def test_small_epochs_train_on_smaller_crops_then_full_images():
+    recipe = get_recipe("fast", build_config("fast", {"small_epochs": 2, "small_size": 24}).params)
+    images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
+    model = recipe.build_model(10, images)
+    sizes = []
+    for epoch in range(4):
+        position = BatchPosition(
+            epoch=epoch, offset=0, global_batch_size=8, indices=torch.arange(8)
+        )
+        x = recipe.train_transform(images, torch.Generator().manual_seed(epoch), position)
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        assert model(x).shape == (8, 10)  # global max-pool: any size goes through
+        sizes.append(x.shape[-1])
+    assert sizes == [24, 24, 32, 32]
+    # the default trains on full images only, and draws nothing extra (old runs replay exactly)
+    plain = get_recipe("fast")
+    position = BatchPosition(epoch=0, offset=0, global_batch_size=8, indices=torch.arange(8))
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    plain.train_transform(images, g1, position)
+    get_recipe("fast", build_config("fast", {"small_epochs": 0}).params).train_transform(
+        images, g2, position
+    )
+    assert torch.equal(g1.get_state(), g2.get_state())
 
 
 @pytest.mark.slow

@@ -70,6 +70,12 @@ class Params:
         0.6, "BatchNorm running-statistics update, PyTorch's convention", above=0, at_most=1
     )
     width: int = setting(256, "channels of blocks 2 and 3 (block 1: width / 4)", at_least=8)  # fmt: skip
+    small_epochs: float = setting(
+        0.0, "first epochs trained on crops of small_size pixels (fewer FLOPs a step)", at_least=0
+    )
+    small_size: int = setting(
+        24, "crop side, pixels, during the small epochs", at_least=8, at_most=32
+    )
 
 
 class Normalize(nn.Module):
@@ -185,7 +191,18 @@ class Fast(Recipe):
         x = translate(
             x, self.params.translate, generator, position.offset, position.global_batch_size
         )
+        size = self.train_image_size(position.epoch)
+        if (
+            size < x.shape[-1]
+        ):  # one crop window per global batch: translate already varies it per image
+            y, x0 = torch.randint(0, x.shape[-1] - size + 1, (2,), generator=generator,
+                                  device=generator.device).tolist()  # fmt: skip
+            x = x[:, :, y : y + size, x0 : x0 + size]
         return x.contiguous(memory_format=torch.channels_last)
+
+    def train_image_size(self, epoch: int) -> int:
+        """Side of the training images in this epoch (progressive resizing)."""
+        return self.params.small_size if epoch < self.params.small_epochs else 32
 
     def eval_preprocess(self) -> nn.Module:
         return Normalize()
