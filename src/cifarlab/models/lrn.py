@@ -109,7 +109,8 @@ def local_response_norm_channels_last(
     beta: float = 0.75,
 ) -> torch.Tensor:  # fmt: skip
     """local_response_norm, fast on channels_last tensors (any layout is accepted); the
-    output is channels_last. Plain tensor ops when no gradient is needed (so it exports)."""
-    if torch.is_grad_enabled() and x.requires_grad:
+    output is channels_last. Plain tensor ops when no gradient is needed or when traced
+    (TorchScript cannot save a Python autograd.Function)."""
+    if torch.is_grad_enabled() and x.requires_grad and not torch.jit.is_tracing():
         return _LRNChannelsLast.apply(x, radius, bias, alpha, beta)
     return _lrn_forward(x, radius, bias, alpha, beta)[0]
