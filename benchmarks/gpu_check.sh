@@ -35,11 +35,11 @@ if [ -n "$parts" ]; then
   echo "== fast recipe: time to accuracy, $seeds seeds (after an untimed warm-up run)"
   python benchmarks/time_to_accuracy.py --recipe fast --seeds "$seeds" --device cuda \
     --set checkpoint_every=100000 --set summary_every=100000 --set log_every=100000 --json | tail -12
-
-  echo "== tutorial network: training images/s on the GPU"
-  cifarlab train --device cuda --max-steps 2000 --run-dir runs/gpu-tutorial --no-progress \
-    --checkpoint-every 100000 --summary-every 100000 --log-every 500 | grep "examples/sec" | tail -2
 fi
+
+echo "== tutorial network: training and evaluation images/s on the GPU (random data, real step)"
+cifarlab bench train --recipe tutorial --device cuda --steps 200 --repeats 3 | tail -1
+cifarlab bench eval --recipe tutorial --device cuda --repeats 3 | tail -1
 
 echo "== torchrun with NCCL, 1 process (synthetic data)"
 torchrun --standalone --nproc-per-node=1 -m cifarlab train --synthetic --device cuda \
