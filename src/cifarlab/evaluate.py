@@ -175,9 +175,8 @@ def save_results(
     TensorBoard (run_dir/eval, at the checkpoint's step) and to metrics.jsonl."""
     import json
 
-    from torch.utils.tensorboard import SummaryWriter
-
     from .files import atomic_write
+    from .tracking import summary_writer
 
     out_dir = Path(run_dir) / "eval"
     out_dir.mkdir(exist_ok=True)
@@ -199,7 +198,7 @@ def save_results(
         f"{group}/precision_at_5": result["precision_at_5"],
         f"{group}/loss": result["loss"],
     }
-    with SummaryWriter(log_dir=str(out_dir)) as writer:
+    with summary_writer(out_dir) as writer:
         for tag, value in scalars.items():
             writer.add_scalar(tag, value, result["step"])
     with open(

@@ -12,14 +12,25 @@ from pathlib import Path
 import torch
 
 
+def summary_writer(log_dir: Path):
+    """torch's TensorBoard SummaryWriter, kept from importing TensorFlow. TensorBoard uses
+    TensorFlow when it is installed (e.g. by the tf-bench extra): seconds of start-up, a GB
+    of memory and log lines on stderr, for event files its own stub writes identically.
+    TensorBoard's documented switch is the presence of `tensorboard.compat.notf`."""
+    import types
+
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(log_dir))
+
+
 class RunLog:
     def __init__(
         self, run_dir: Path, *, total_steps: int, start_step: int, progress: bool | None = None
     ) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
         self.run_dir = Path(run_dir)
-        self.writer = SummaryWriter(log_dir=str(self.run_dir))
+        self.writer = summary_writer(self.run_dir)
         self.metrics = open(self.run_dir / "metrics.jsonl", "a", buffering=1)  # line-buffered
         show_bar = sys.stderr.isatty() if progress is None else progress
         self.bar = None
