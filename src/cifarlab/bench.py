@@ -61,7 +61,25 @@ def _random_split(n: int, num_classes: int, seed: int) -> tuple[torch.Tensor, to
     return images, torch.randint(0, num_classes, (n,), generator=g)
 
 
-def _timed_rates(run_once, images_per_run: int, repeats: int, sync) -> list[float]:
+def _bench_setup(recipe: str, overrides: dict | None, seed: int, device: str):
+    """(config, recipe, device) for a benchmark, with the configured thread count applied."""
+    from .config import build_config
+    from .run.device import pick_device
+
+    config = build_config(recipe, {**(overrides or {}), "run_dir": "unused", "seed": seed})
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    return config, get_recipe(config.recipe, config.params), pick_device(device)
+
+
+def _measure(warm_up, run_once, images_per_run: int, repeats: int, device: torch.device,
+             batch_size: int) -> dict:  # fmt: skip
+    """Time warm_up once (reported apart), then run_once `repeats` times: images/s each."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    start = time.perf_counter()
+    warm_up()
+    sync()
+    warmup_seconds = time.perf_counter() - start
     rates = []
     for _ in range(repeats):
         sync()
@@ -69,7 +87,8 @@ def _timed_rates(run_once, images_per_run: int, repeats: int, sync) -> list[floa
         run_once()
         sync()
         rates.append(images_per_run / (time.perf_counter() - start))
-    return rates
+    return {"images_per_second": statistics.median(rates), "runs": rates, "batch_size": batch_size,
+            "warmup_seconds": warmup_seconds, "threads": torch.get_num_threads(), "device": str(device)}  # fmt: skip
 
 
 def bench_train(
@@ -81,34 +100,22 @@ def bench_train(
     recipe's weight average (train/loop.py's forward_step and apply_step), on a random
     CIFAR-10-sized split. The first `warmup_steps` (lazy initialisation, any compilation)
     are timed separately and not in the rate; each repeat then times `steps` steps."""
-    from .config import build_config
-    from .run.device import pick_device
     from .train.distributed import Placement
     from .train.loop import apply_step, build_state, forward_step
 
-    config = build_config(recipe, {**(overrides or {}), "run_dir": "unused", "seed": seed})
-    if config.run.threads:
-        torch.set_num_threads(config.run.threads)
-    placement = Placement(pick_device(device))
+    config, recipe_obj, dev = _bench_setup(recipe, overrides, seed, device)
     images, labels = _random_split(50_000, 10, seed)
-    recipe_obj = get_recipe(config.recipe, config.params)
-    state = build_state(config, recipe_obj, placement, images, labels, num_classes=10)
+    state = build_state(config, recipe_obj, Placement(dev), images, labels, num_classes=10)
     state.net.train()
-    sync = torch.cuda.synchronize if placement.device.type == "cuda" else (lambda: None)
 
     def run(n: int) -> None:
         for _ in range(n):
             apply_step(state, forward_step(state, recipe_obj, state.plan))
 
-    start = time.perf_counter()
-    run(warmup_steps)
-    sync()
-    warmup_seconds = time.perf_counter() - start
     batch = state.batches.global_batch_size
-    rates = _timed_rates(lambda: run(steps), steps * batch, repeats, sync)
-    return {"images_per_second": statistics.median(rates), "runs": rates, "batch_size": batch,
-            "warmup_seconds": warmup_seconds, "threads": torch.get_num_threads(),
-            "device": str(placement.device)}  # fmt: skip
+    return _measure(
+        lambda: run(warmup_steps), lambda: run(steps), steps * batch, repeats, dev, batch
+    )
 
 
 def bench_eval(
@@ -118,27 +125,14 @@ def bench_eval(
     """Images/s of evaluation as `cifarlab eval` runs it (evaluate.predict_logits: the
     recipe's preprocessing, then the forward pass, batch by batch, no TTA) over a random
     test-sized split; one untimed pass first warms caches (and compiles, if any)."""
-    from .config import build_config
     from .evaluate import predict_logits
-    from .run.device import pick_device
 
-    config = build_config(recipe, {**(overrides or {}), "run_dir": "unused", "seed": seed})
-    if config.run.threads:
-        torch.set_num_threads(config.run.threads)
-    dev = pick_device(device)
-    recipe_obj = get_recipe(config.recipe, config.params)
+    _, recipe_obj, dev = _bench_setup(recipe, overrides, seed, device)
     test_images, _ = _random_split(images, 10, seed)
     torch.manual_seed(seed)
     model = recipe_obj.build_model(10, test_images).to(dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def run() -> None:
         predict_logits(model, recipe_obj, test_images, batch_size=batch_size, device=dev)
 
-    start = time.perf_counter()
-    run()
-    sync()
-    warmup_seconds = time.perf_counter() - start
-    rates = _timed_rates(run, images, repeats, sync)
-    return {"images_per_second": statistics.median(rates), "runs": rates, "batch_size": batch_size,
-            "warmup_seconds": warmup_seconds, "threads": torch.get_num_threads(), "device": str(dev)}  # fmt: skip
+    return _measure(run, run, images, repeats, dev, batch_size)

@@ -24,13 +24,17 @@ from torch import nn
 from .lrn import LocalResponseNorm
 
 
+def _same_padding(x: torch.Tensor, kernel: int, stride: int) -> tuple[int, int]:
+    """Total (height, width) padding of TensorFlow's SAME: output ceil(in / stride)."""
+    h, w = x.shape[-2:]
+    return tuple(max((math.ceil(n / stride) - 1) * stride + kernel - n, 0) for n in (h, w))
+
+
 def same_max_pool(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Tensor:
     """Max pooling with TensorFlow's SAME padding: output ceil(in / stride), and an odd
     padding total puts the extra row/column at the end (bottom/right), which PyTorch's
     symmetric `padding=` cannot express. Padding is -inf, so it never wins the max."""
-    h, w = x.shape[-2:]
-    pad_h = max((math.ceil(h / stride) - 1) * stride + kernel - h, 0)
-    pad_w = max((math.ceil(w / stride) - 1) * stride + kernel - w, 0)
+    pad_h, pad_w = _same_padding(x, kernel, stride)
     x = F.pad(
         x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=float("-inf")
     )
@@ -41,9 +45,7 @@ def same_max_pool_unpadded(x: torch.Tensor, kernel: int = 3, stride: int = 2) ->
     """same_max_pool without the padded copy where the padding is all at the end (the
     tutorial's 24 -> 12 and 12 -> 6): ceil_mode's last window is clipped at the border,
     which is what a -inf pad does. Falls back to same_max_pool otherwise."""
-    h, w = x.shape[-2:]
-    pad_h = max((math.ceil(h / stride) - 1) * stride + kernel - h, 0)
-    pad_w = max((math.ceil(w / stride) - 1) * stride + kernel - w, 0)
+    pad_h, pad_w = _same_padding(x, kernel, stride)
     if pad_h // 2 or pad_w // 2:
         return same_max_pool(x, kernel, stride)
     return F.max_pool2d(x, kernel, stride, ceil_mode=True)
