@@ -8,8 +8,9 @@ Each seed is a full `cifarlab train` (data loading, training, checkpoints, the f
 evaluation with the recipe's TTA) in this process, timed by the wall clock; on CUDA the
 device is synchronized first, and one untimed warm-up run comes before the timed ones.
 Training FLOPs are counted with torch's FLOP counter over one training step (forward,
-loss, backward) at the run's batch size, times the steps; the optimizer's element-wise
-work is not counted (it is under 0.1% here).
+loss, backward, and the optimizer's matrix products: Muon's orthogonalization) at the run's
+batch size, once per epoch (image sizes may change), summed over the steps; the optimizer's
+element-wise work is not counted (it is under 0.1% here).
 """
 
 from __future__ import annotations
@@ -70,8 +71,10 @@ def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 10
 
 
 def flops_per_step(config, device: torch.device, epoch: int = 0) -> float:
-    """Forward + loss + backward FLOPs of one training step at the run's batch size, with the
-    images the recipe makes in this epoch (their size may change: progressive resizing)."""
+    """Forward + loss + backward + optimizer FLOPs of one training step at the run's batch
+    size, with the images the recipe makes in this epoch (their size may change: progressive
+    resizing). The optimizer counts only where it multiplies matrices (Muon); SGD's
+    element-wise update is not counted, as the records do not count it."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from cifarlab.data.loader import BatchPosition
@@ -84,11 +87,13 @@ def flops_per_step(config, device: torch.device, epoch: int = 0) -> float:
     x = recipe.train_transform(images, torch.Generator(device).manual_seed(0),
                                BatchPosition(epoch, 0, batch, torch.arange(batch, device=device)))  # fmt: skip
     labels = torch.randint(0, 10, (batch,), device=device)
+    optimizer = recipe.build_optimizer(model)
     with FlopCounterMode(display=False) as counter:
         with recipe.autocast(device):
             logits = model(x)
         loss, _ = recipe.loss(model, logits.float(), labels)
         loss.backward()
+        optimizer.step()
     return float(counter.get_total_flops())
 
 

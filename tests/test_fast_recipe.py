@@ -114,10 +114,13 @@ SMALL = ["--recipe", "fast", "--synthetic", "--set", "synthetic_train_per_class=
 
 
 @pytest.mark.slow
-def test_a_short_run_learns_and_resumes_exactly_mid_epoch(tmp_path, capsys):
+@pytest.mark.parametrize("conv_optimizer", ["sgd", "muon"])
+def test_a_short_run_learns_and_resumes_exactly_mid_epoch(tmp_path, capsys, conv_optimizer):
     straight, split = tmp_path / "straight", tmp_path / "split"
     common = [
         *SMALL,
+        "--set",
+        f"conv_optimizer={conv_optimizer}",
         "--max-steps",
         "36",
         "--checkpoint-every",

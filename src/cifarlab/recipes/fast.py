@@ -21,6 +21,7 @@ from torch import nn
 
 from ..averaging import copy_saved_tensors
 from ..models.fast import FastNet
+from ..muon import Muon
 from ..settings import setting
 from . import Recipe, TrainingPlan, register
 
@@ -75,6 +76,18 @@ class Params:
     )
     small_size: int = setting(
         24, "crop side, pixels, during the small epochs", at_least=8, at_most=32
+    )
+    conv_optimizer: str = setting(
+        "sgd", "the convolution filters' optimizer: sgd, or muon (orthogonalized momentum)",
+        choices=("sgd", "muon"),
+    )  # fmt: skip
+    muon_lr: float = setting(
+        0.24, "Muon step on filters rescaled to norm sqrt(out channels); batch-independent",
+        above=0,
+    )  # fmt: skip
+    muon_momentum: float = setting(0.6, "Muon's Nesterov momentum", at_least=0, below=1)
+    muon_iterations: int = setting(
+        5, "Newton-Schulz iterations orthogonalizing each Muon update", at_least=1, at_most=20
     )
 
 
@@ -224,16 +237,22 @@ class Fast(Recipe):
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         p = self.params
         named = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
+        muon = p.conv_optimizer == "muon"
+        filters = [q for n, q in named if muon and q.ndim == 4]  # Muon's, when it is on
         norm_biases = [q for n, q in named if ".norm" in n]
         whiten_bias = [q for n, q in named if n == "whiten.bias"]
-        rest = [q for n, q in named if ".norm" not in n and n != "whiten.bias"]
+        rest = [q for n, q in named if ".norm" not in n and n != "whiten.bias" and
+                not (muon and q.ndim == 4)]  # fmt: skip
         # torch's weight_decay multiplies the rate: decoupled decay of lr x weight_decay a step
-        return torch.optim.SGD(
-            [{"params": rest, "weight_decay": p.weight_decay},
-             {"params": norm_biases, "weight_decay": p.weight_decay / p.bias_lr_scale},
-             {"params": whiten_bias, "weight_decay": p.weight_decay}],
-            lr=p.learning_rate, momentum=p.momentum, nesterov=True,
-        )  # fmt: skip
+        groups = [{"params": rest, "weight_decay": p.weight_decay},
+                  {"params": norm_biases, "weight_decay": p.weight_decay / p.bias_lr_scale},
+                  {"params": whiten_bias, "weight_decay": p.weight_decay}]  # fmt: skip
+        if not muon:
+            return torch.optim.SGD(groups, lr=p.learning_rate, momentum=p.momentum, nesterov=True)
+        for group in groups:
+            group["momentum"] = p.momentum
+        groups.append({"params": filters, "momentum": p.muon_momentum, "orthogonalize": True})
+        return Muon(groups, iterations=p.muon_iterations)
 
     def learning_rates(self, step: int, plan: TrainingPlan) -> list[float]:
         p = self.params
@@ -246,7 +265,10 @@ class Fast(Recipe):
             factor = 1 + (p.final_lr_fraction - 1) * done
         rate = base * factor
         whiten_training = step < p.whiten_bias_epochs * plan.steps_per_epoch
-        return [rate, rate * p.bias_lr_scale, rate if whiten_training else 0.0]
+        rates = [rate, rate * p.bias_lr_scale, rate if whiten_training else 0.0]
+        if p.conv_optimizer == "muon":  # the same shape over the run, not scaled by the batch
+            rates.append(p.muon_lr * factor)
+        return rates
 
     def weight_average(self, model: nn.Module, plan: TrainingPlan | None) -> LookaheadAverage:
         return LookaheadAverage(

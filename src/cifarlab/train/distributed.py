@@ -7,6 +7,7 @@ and trains with DDP. Without them it is a single process and nothing here commun
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,12 @@ def setup(device_name: str) -> Placement:
 
 def teardown() -> None:
     if dist.is_initialized():
+        # The DDP wrapper sits in reference cycles (its hooks refer back to the module), so
+        # it can outlive the training state until a later collection, with its reducer
+        # still holding the process group. Collect it first, so the group is not destroyed
+        # under it; once (unreproduced) a rank aborted at exit with "terminate called
+        # without an active exception", which points at such a leftover thread.
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -1,0 +1,98 @@
+"""Where a fast-recipe training step spends its time, and what fraction of the machine's
+fp32 matrix-product peak it reaches, measured in one run:
+
+    python benchmarks/fast_step_profile.py [--batch-size 1024] [--set KEY=VALUE ...]
+
+1. the peak (time_to_accuracy.matmul_peak_gflops: the better of MKL and oneDNN);
+2. seconds a step of the real training step (train/loop.py's forward_step and apply_step, as
+   `cifarlab bench train` runs them: input pipeline, forward, loss, backward, optimizer,
+   lookahead) on a random CIFAR-sized split, median of --repeats runs of --steps steps; the
+   counted FLOPs of a step (full-size images, as in the late epochs) over it = GFLOP/s, and
+   its fraction of the peak;
+3. a torch.profiler table of one more step: self CPU time by operator family.
+Run it on a quiet machine: anything else running halves the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from time_to_accuracy import device_name, flops_per_step, matmul_peak_gflops  # noqa: E402
+
+FAMILIES = [  # (family, substrings of profiler op names), first match wins
+    ("convolution", ("convolution", "conv2d")),
+    ("batch norm", ("batch_norm",)),
+    ("GELU", ("gelu",)),
+    ("max-pool", ("max_pool", "amax", "max")),
+    ("optimizer and lookahead", ("_foreach", "lerp", "mm", "norm")),
+    ("input pipeline", ("randint", "nonzero", "index", "pad", "where", "flip")),
+]
+
+
+def family(name: str) -> str:
+    lowered = name.lower()
+    return next((f for f, keys in FAMILIES if any(k in lowered for k in keys)), "other")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+
+    from cifarlab.bench import _bench_setup, _random_split
+    from cifarlab.config import parse_set
+    from cifarlab.train.distributed import Placement
+    from cifarlab.train.loop import apply_step, build_state, forward_step
+
+    overrides = {**parse_set(args.set), "batch_size": args.batch_size, "max_steps": 10**6}
+    config, recipe, cpu = _bench_setup("fast", overrides, seed=0, device="cpu")
+    peak = matmul_peak_gflops(cpu)
+    flops = flops_per_step(config, cpu, epoch=10**6)  # a late epoch: full-size images
+    images, labels = _random_split(50_000, 10, seed=0)
+    state = build_state(config, recipe, Placement(cpu), images, labels, num_classes=10)
+    state.net.train()
+
+    def steps(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            apply_step(state, forward_step(state, recipe, state.plan))
+        return (time.perf_counter() - start) / n
+
+    steps(2)  # warm-up: allocator, caches
+    seconds = sorted(steps(args.steps) for _ in range(args.repeats))
+    step_s = statistics.median(seconds)
+    gflops = flops / step_s / 1e9
+    print(f"device: {device_name(cpu)}; torch {torch.__version__}")
+    print(f"fp32 matmul peak {peak:,.0f} GFLOP/s; step {step_s:.2f} s (runs "
+          f"{', '.join(f'{s:.2f}' for s in seconds)}), {args.batch_size / step_s:,.0f} images/s; "
+          f"{flops / args.batch_size / 1e9:.3f} GFLOP an image: {gflops:,.0f} GFLOP/s = "
+          f"{gflops / peak:.0%} of the peak")  # fmt: skip
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        steps(1)
+    by_family: dict[str, float] = defaultdict(float)
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    for event in ops:
+        by_family[family(event.key)] += event.self_cpu_time_total / 1e3
+    total = sum(by_family.values())
+    print("\n| operator family | ms (self CPU, one step) | share |\n|---|---:|---:|")
+    for name, ms in sorted(by_family.items(), key=lambda kv: -kv[1]):
+        print(f"| {name} | {ms:,.0f} | {ms / total:.0%} |")
+    print("\ntop operators:")
+    for event in ops[:15]:
+        print(f"  {event.self_cpu_time_total / 1e3:8.0f} ms  {event.count:4d}x  {event.key}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Muon for convolution filters, Nesterov SGD for everything else, in one optimizer.
+
+Muon (Keller Jordan, 2024) replaces each filter's momentum update by the nearest
+semi-orthogonal matrix (all singular values 1), found with a few Newton-Schulz iterations:
+every direction of the filter bank moves by the same amount, however unevenly the gradient
+spreads over them. Used for the convolutions of a BatchNorm network, whose output does not
+depend on a filter bank's scale: each step the weights are first rescaled to a fixed norm
+(sqrt of the output channels), so the step size means the same thing all through the run.
+
+One optimizer (not two side by side) so the trainer's contract holds unchanged: one rate per
+parameter group from the recipe, one state dict in each checkpoint. A group with
+`orthogonalize=True` gets the Muon update; the others get exactly torch.optim.SGD's Nesterov
+update with its (coupled) weight decay.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Coefficients of the quintic Newton-Schulz iteration X <- aX + b(XX^T)X + c(XX^T)^2 X,
+# chosen (Jordan, 2024) to push singular values in (0, 1] towards 1 quickly rather than
+# exactly: a handful of iterations leaves them within about [0.7, 1.2], which is enough.
+NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(update: torch.Tensor, iterations: int) -> torch.Tensor:
+    """[out, ...] -> the same shape with the [out, rest] matrix's singular values near 1
+    (its directions kept). Works on the wide orientation, where X X^T is the small product."""
+    matrix = update.reshape(update.shape[0], -1)
+    tall = matrix.shape[0] > matrix.shape[1]
+    x = matrix.T if tall else matrix
+    x = x / (x.norm() + 1e-7)  # all singular values <= 1, where the iteration converges
+    a, b, c = NEWTON_SCHULZ
+    for _ in range(iterations):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).reshape(update.shape)
+
+
+class Muon(torch.optim.Optimizer):
+    """Param groups: `lr`, `momentum`, and either `orthogonalize=True` (Muon, Nesterov
+    momentum, `iterations` Newton-Schulz steps, no weight decay: the norm is fixed instead)
+    or `orthogonalize=False` with `weight_decay` (Nesterov SGD, as torch.optim.SGD)."""
+
+    def __init__(self, groups: list[dict], iterations: int = 5) -> None:
+        defaults = {"lr": 0.0, "momentum": 0.0, "weight_decay": 0.0, "orthogonalize": False,
+                    "iterations": iterations}  # fmt: skip
+        super().__init__(groups, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            momentum = group["momentum"]
+            buffers = [self._buffer(p) for p in params]
+            grads = [p.grad for p in params]
+            if group["weight_decay"] and not group["orthogonalize"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            # buffer <- momentum * buffer + g; Nesterov step g + momentum * buffer
+            torch._foreach_mul_(buffers, momentum)
+            torch._foreach_add_(buffers, grads)
+            steps = torch._foreach_add(grads, buffers, alpha=momentum)
+            if group["orthogonalize"]:
+                for p, s in zip(params, steps, strict=True):
+                    p.mul_(p.shape[0] ** 0.5 / p.norm())  # the fixed norm; BatchNorm follows
+                    p.add_(orthogonalize(s, group["iterations"]), alpha=-group["lr"])
+            else:
+                torch._foreach_add_(params, steps, alpha=-group["lr"])
+        return None
+
+    def _buffer(self, p: torch.Tensor) -> torch.Tensor:
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p)
+        return state["momentum_buffer"]

@@ -1,0 +1,85 @@
+"""Muon (orthogonalized momentum for the filters) against hand computations and torch's SGD."""
+
+import pytest
+import torch
+
+from cifarlab.muon import Muon, orthogonalize
+from cifarlab.recipes import TrainingPlan, get_recipe
+from cifarlab.recipes.fast import Params
+
+
+@pytest.mark.parametrize("shape", [(64, 24, 3, 3), (256, 64, 3, 3), (300, 20)])
+def test_orthogonalize_keeps_the_directions_and_evens_out_the_singular_values(shape):
+    torch.manual_seed(0)
+    # A badly conditioned update: singular values spread over three orders of magnitude.
+    u, _, vh = torch.linalg.svd(torch.randn(shape).reshape(shape[0], -1), full_matrices=False)
+    spread = torch.logspace(0, -3, u.shape[1])
+    update = (u * spread) @ vh
+    result = orthogonalize(update.reshape(shape), iterations=5).reshape(shape[0], -1)
+    singular = torch.linalg.svdvals(result)
+    # the largest directions land near 1 (the iteration is tuned to overshoot, not converge);
+    # the smallest, 1000x weaker, are lifted far above their share
+    assert singular.max() < 1.25 and singular[: len(singular) // 2].min() > 0.6
+    assert singular.min() > 100 * spread.min() / spread.max()
+    polar = u @ vh  # the exact answer: every singular value 1, the same directions
+    cosine = (result * polar).sum() / (result.norm() * polar.norm())
+    assert cosine > 0.9
+
+
+def test_groups_without_orthogonalize_take_torch_sgd_steps_exactly():
+    torch.manual_seed(0)
+    ours = torch.randn(5, 3, requires_grad=True)
+    theirs = ours.detach().clone().requires_grad_(True)
+    muon = Muon([{"params": [ours], "lr": 0.1, "momentum": 0.85, "weight_decay": 0.01}])
+    sgd = torch.optim.SGD([theirs], lr=0.1, momentum=0.85, weight_decay=0.01, nesterov=True)
+    for _ in range(4):
+        grad = torch.randn(5, 3)
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        muon.step()
+        sgd.step()
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+
+
+def test_an_orthogonalized_group_rescales_the_filters_then_steps_along_the_orthogonalized_momentum():
+    torch.manual_seed(0)
+    weight = torch.randn(8, 4, 3, 3, requires_grad=True)
+    start = weight.detach().clone()
+    muon = Muon([{"params": [weight], "lr": 0.2, "momentum": 0.5, "orthogonalize": True}],
+                iterations=5)  # fmt: skip
+    g1, g2 = torch.randn(8, 4, 3, 3), torch.randn(8, 4, 3, 3)
+    weight.grad = g1
+    muon.step()
+    buffer = g1
+    rescaled = start * (8**0.5 / start.norm())
+    expected = rescaled - 0.2 * orthogonalize(g1 + 0.5 * buffer, 5)
+    torch.testing.assert_close(weight.detach(), expected)
+    weight.grad = g2
+    muon.step()
+    buffer = 0.5 * buffer + g2
+    rescaled = expected * (8**0.5 / expected.norm())
+    torch.testing.assert_close(
+        weight.detach(), rescaled - 0.2 * orthogonalize(g2 + 0.5 * buffer, 5)
+    )
+    assert set(muon.state_dict()["state"][0]) == {"momentum_buffer"}  # what a checkpoint keeps
+
+
+def test_the_fast_recipe_gives_muon_every_trainable_filter_and_sgd_the_rest():
+    recipe = get_recipe("fast", Params(conv_optimizer="muon", width=32))
+    model = recipe.build_model(10, torch.randint(0, 256, (50, 32, 32, 3), dtype=torch.uint8))
+    optimizer = recipe.build_optimizer(model)
+    trainable = {id(q) for q in model.parameters() if q.requires_grad}
+    grouped = [id(q) for group in optimizer.param_groups for q in group["params"]]
+    assert sorted(grouped) == sorted(trainable)  # each trainable parameter exactly once
+    muon_group = optimizer.param_groups[-1]
+    assert muon_group["orthogonalize"] and len(muon_group["params"]) == 6  # 3 blocks x 2 convs
+    assert all(q.ndim == 4 for q in muon_group["params"])
+    assert not any(g["orthogonalize"] for g in optimizer.param_groups[:-1])
+    plan = TrainingPlan(max_steps=100, steps_per_epoch=10, global_batch_size=2048,
+                        train_examples=20480)  # fmt: skip
+    rates = recipe.learning_rates(50, plan)
+    assert len(rates) == len(optimizer.param_groups)
+    factor = rates[0] / (1.5 * 2)  # the SGD rate scales with the batch; Muon's does not
+    assert rates[3] == pytest.approx(0.24 * factor)
+    # the default stays torch's SGD: old runs replay and resume exactly
+    sgd = get_recipe("fast", Params(width=32)).build_optimizer(model)
+    assert type(sgd) is torch.optim.SGD
