@@ -73,6 +73,9 @@ def test_eval_command_reports_saves_and_logs(trained_run, capsys):
     other = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert other["step"] == 30 and other["examples"] == 400
     assert (trained_run / "eval" / "step-00000030-train-raw-tta.json").is_file()
+    # a checkpoint's bare name is looked up in the run directory
+    assert main(["eval", str(trained_run), "--checkpoint", "ckpt-00000030.pt", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 30
 
 
 def test_eval_errors_are_one_line(tmp_path, capsys):

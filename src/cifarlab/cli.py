@@ -170,8 +170,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)  # a watcher beside training may leave it the cores
-    if args.checkpoint != "latest" and not Path(args.checkpoint).is_file():
-        raise CifarlabError(f"--checkpoint {args.checkpoint}: no such file")
+    checkpoint = None  # the latest
+    if args.checkpoint != "latest":
+        # a path, or a checkpoint's name inside the run directory (ckpt-00001000.pt)
+        checkpoint = next((c for c in (Path(args.checkpoint), run_dir / args.checkpoint)
+                           if c.is_file()), None)  # fmt: skip
+        if checkpoint is None:
+            raise CifarlabError(
+                f"--checkpoint {args.checkpoint}: no such file here or in {run_dir}"
+            )
     weights = "averaged" if args.weights == "ema" else args.weights  # "ema": the older name
     options = {"weights": weights, "split": args.split, "tta": args.tta}
 
@@ -203,7 +210,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return result
 
     if not args.watch:
-        run_once(None if args.checkpoint == "latest" else Path(args.checkpoint))
+        run_once(checkpoint)
         return 0
     from .run.config_file import load_config
     from .watch import watch_run
@@ -378,7 +385,8 @@ def _eval_parser(commands) -> None:
                             description="Evaluate a run's averaged weights on its test set, each image exactly once; "
                                         "once, or on every new checkpoint with --watch.")  # fmt: skip
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--checkpoint", default="latest", help="latest (default) or a checkpoint file")
+    p.add_argument("--checkpoint", default="latest",
+                   help="latest (default), a checkpoint file, or a checkpoint's name in RUN_DIR")  # fmt: skip
     p.add_argument("--weights", choices=["averaged", "ema", "raw"], default="averaged",
                    help="the recipe's averaged weights (default, as the original; 'ema' is the same) or raw")  # fmt: skip
     p.add_argument("--split", choices=["test", "train"], default="test")
