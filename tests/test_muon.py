@@ -3,9 +3,12 @@
 import pytest
 import torch
 
+from cifarlab.config import build_config
+from cifarlab.errors import ConfigError
 from cifarlab.muon import Muon, orthogonalize
 from cifarlab.recipes import TrainingPlan, get_recipe
 from cifarlab.recipes.fast import Params
+from cifarlab.settings import field_names, with_defaults
 
 
 @pytest.mark.parametrize("shape", [(64, 24, 3, 3), (256, 64, 3, 3), (300, 20)])
@@ -83,3 +86,17 @@ def test_the_fast_recipe_gives_muon_every_trainable_filter_and_sgd_the_rest():
     # the default stays torch's SGD: old runs replay and resume exactly
     sgd = get_recipe("fast", Params(width=32)).build_optimizer(model)
     assert type(sgd) is torch.optim.SGD
+
+
+def test_the_fast_muon_recipe_is_the_fast_recipe_with_airbench_muon_defaults(tmp_path):
+    fast, muon = get_recipe("fast"), get_recipe("fast-muon")
+    changed = {n for n in field_names(Params) if getattr(fast.params, n) != getattr(muon.params, n)}
+    assert changed == {"conv_optimizer", "learning_rate", "warmup_fraction", "final_lr_fraction"}
+    assert muon.params.conv_optimizer == "muon" and muon.params.warmup_fraction == 0.0
+    config = build_config("fast-muon", {"run_dir": str(tmp_path), "muon_lr": "0.3"})
+    assert config.params.muon_lr == 0.3 and config.run.batch_size == 2000
+    assert config.run.max_steps == 8 * (50_000 // 2000)  # 8 epochs
+    with pytest.raises(ConfigError, match="conv_optimizer is 'adam'"):
+        build_config("fast-muon", {"run_dir": str(tmp_path), "conv_optimizer": "adam"})
+    with pytest.raises(TypeError, match="no field nope"):
+        with_defaults(Params, "Broken", nope=1)

@@ -125,3 +125,16 @@ def build(cls: type, values: dict[str, Any]) -> Any:
     if found:
         raise ConfigError("; ".join(found))
     return obj
+
+
+def with_defaults(cls: type, name: str, **defaults: Any) -> type:
+    """A subclass of the settings dataclass `cls` whose listed fields have new defaults
+    (their help, limits and choices kept): a recipe variant states only what differs."""
+    unknown = set(defaults) - set(field_names(cls))
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field {', '.join(sorted(unknown))}")
+    changed = [(f.name, f.type, dataclasses.field(default=defaults[f.name], metadata=f.metadata))
+               for f in dataclasses.fields(cls) if f.name in defaults]  # fmt: skip
+    variant = dataclasses.make_dataclass(name, changed, bases=(cls,), frozen=True)
+    variant.__module__ = cls.__module__  # type hints resolve where the fields were declared
+    return variant

@@ -22,7 +22,7 @@ from torch import nn
 from ..averaging import copy_saved_tensors
 from ..models.fast import FastNet
 from ..muon import Muon
-from ..settings import setting
+from ..settings import setting, with_defaults
 from . import Recipe, TrainingPlan, register
 
 # Channel statistics of the CIFAR-10 training set, on the 0-255 scale (docs/tutorial.md).
@@ -277,3 +277,22 @@ class Fast(Recipe):
 
     def compute_dtype(self, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if device.type == "cuda" else None  # no gain on CPUs without AMX
+
+
+# airbench94-Muon's settings in this recipe's units: its head and bias rates at batch 2,000
+# correspond to learning_rate 0.85 here (bias_lr_scale stays 64); no warm-up, a linear decay
+# to zero; 8 epochs. docs/fast.md has the measurements.
+MuonParams = with_defaults(Params, "MuonParams", conv_optimizer="muon", learning_rate=0.85,
+                           warmup_fraction=0.0, final_lr_fraction=0.0)  # fmt: skip
+
+
+@register
+class FastMuon(Fast):
+    """The fast recipe with Muon for the convolution filters: 94% in 8 epochs (2.85e14
+    FLOPs) instead of 10 (3.48e14)."""
+
+    name = "fast-muon"
+    Params = MuonParams
+    # 8 epochs of CIFAR-10 at batch 2,000 (25 steps an epoch).
+    run_defaults = {**Fast.run_defaults, "max_steps": 200, "batch_size": 2000,
+                    "summary_every": 25, "checkpoint_every": 50}  # fmt: skip
