@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared check for a lent GPU machine (at most 10 minutes): the CUDA tests, the fast
-# recipe's time to accuracy over 5 seeds, the tutorial network's training images/s, and a
-# 1-GPU NCCL torchrun smoke run. Prints every figure with the card's name.
+# and fast-muon recipes' time to accuracy over 5 seeds each, the tutorial network's training
+# images/s, and a 1-GPU NCCL torchrun smoke run. Prints every figure with the card's name.
 #
 # The data: CIFAR-10 is 176 MB and a call carries at most 64 MiB, so bring it in three
 # parts on back-to-back calls (files git ignores stay on a warm machine between calls):
@@ -34,6 +34,9 @@ if [ -n "$parts" ]; then
 
   echo "== fast recipe: time to accuracy, $seeds seeds (after an untimed warm-up run)"
   python benchmarks/time_to_accuracy.py --recipe fast --seeds "$seeds" --device cuda \
+    --set checkpoint_every=100000 --set summary_every=100000 --set log_every=100000 --json | tail -12
+  echo "== fast-muon recipe (Muon for the filters, 8 epochs): the same, $seeds seeds"
+  python benchmarks/time_to_accuracy.py --recipe fast-muon --seeds "$seeds" --device cuda \
     --set checkpoint_every=100000 --set summary_every=100000 --set log_every=100000 --json | tail -12
 fi
 

@@ -9,6 +9,9 @@ cross-entropy; Nesterov SGD with decoupled weight decay, BatchNorm biases at a l
 the whitening bias trained only at first; a warm-up then a linear decay to zero over the
 run; a lookahead average written back into the weights every few steps. Evaluation: the
 image, its mirror and two 1-pixel shifts, averaged.
+
+`conv_optimizer=muon` trains the convolution filters with Muon (cifarlab/muon.py) instead;
+the `fast-muon` recipe is this recipe with that and airbench94-Muon's settings.
 """
 
 from __future__ import annotations
@@ -236,22 +239,28 @@ class Fast(Recipe):
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         p = self.params
-        named = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
         muon = p.conv_optimizer == "muon"
-        filters = [q for n, q in named if muon and q.ndim == 4]  # Muon's, when it is on
-        norm_biases = [q for n, q in named if ".norm" in n]
-        whiten_bias = [q for n, q in named if n == "whiten.bias"]
-        rest = [q for n, q in named if ".norm" not in n and n != "whiten.bias" and
-                not (muon and q.ndim == 4)]  # fmt: skip
+        parts: dict[str, list] = {"rest": [], "norm_biases": [], "whiten_bias": [], "filters": []}
+        for name, q in model.named_parameters():
+            if not q.requires_grad:
+                continue  # the frozen whitening filters and BatchNorm weights
+            if muon and q.ndim == 4:
+                parts["filters"].append(q)
+            elif ".norm" in name:
+                parts["norm_biases"].append(q)
+            else:
+                parts["whiten_bias" if name == "whiten.bias" else "rest"].append(q)
         # torch's weight_decay multiplies the rate: decoupled decay of lr x weight_decay a step
-        groups = [{"params": rest, "weight_decay": p.weight_decay},
-                  {"params": norm_biases, "weight_decay": p.weight_decay / p.bias_lr_scale},
-                  {"params": whiten_bias, "weight_decay": p.weight_decay}]  # fmt: skip
+        groups = [{"params": parts["rest"], "weight_decay": p.weight_decay},
+                  {"params": parts["norm_biases"], "weight_decay": p.weight_decay / p.bias_lr_scale},
+                  {"params": parts["whiten_bias"], "weight_decay": p.weight_decay}]  # fmt: skip
         if not muon:
             return torch.optim.SGD(groups, lr=p.learning_rate, momentum=p.momentum, nesterov=True)
         for group in groups:
             group["momentum"] = p.momentum
-        groups.append({"params": filters, "momentum": p.muon_momentum, "orthogonalize": True})
+        groups.append(
+            {"params": parts["filters"], "momentum": p.muon_momentum, "orthogonalize": True}
+        )
         return Muon(groups, iterations=p.muon_iterations)
 
     def learning_rates(self, step: int, plan: TrainingPlan) -> list[float]:
