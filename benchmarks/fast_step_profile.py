@@ -16,6 +16,7 @@ Run it on a quiet machine: anything else running halves the figures.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
@@ -44,29 +45,36 @@ def family(name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", default="fast", help="fast or fast-muon (or any recipe)")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's malloc as it is (the CLI configures it: "
+                             "cifarlab/allocator.py), to measure what that buys")  # fmt: skip
     args = parser.parse_args()
 
-    from cifarlab.bench import _bench_setup, _random_split
+    from cifarlab.allocator import configure_allocator
+    from cifarlab.bench import training_state
     from cifarlab.config import parse_set
-    from cifarlab.train.distributed import Placement
-    from cifarlab.train.loop import apply_step, build_state, forward_step
+    from cifarlab.train.loop import apply_step, forward_step
 
+    if not args.default_allocator:
+        configure_allocator()
     overrides = {**parse_set(args.set), "batch_size": args.batch_size, "max_steps": 10**6}
-    config, recipe, cpu = _bench_setup("fast", overrides, seed=0, device="cpu")
+    config, recipe, cpu, state = training_state(args.recipe, overrides, seed=0, device="cpu")
     peak = matmul_peak_gflops(cpu)
     flops = flops_per_step(config, cpu, epoch=10**6)  # a late epoch: full-size images
-    images, labels = _random_split(50_000, 10, seed=0)
-    state = build_state(config, recipe, Placement(cpu), images, labels, num_classes=10)
-    state.net.train()
+
+    faults: list[float] = []  # minor page faults a step: memory the kernel hands out anew
 
     def steps(n: int) -> float:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         for _ in range(n):
             apply_step(state, forward_step(state, recipe, state.plan))
+        faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / n)
         return (time.perf_counter() - start) / n
 
     steps(2)  # warm-up: allocator, caches
@@ -78,6 +86,7 @@ def main() -> None:
           f"{', '.join(f'{s:.2f}' for s in seconds)}), {args.batch_size / step_s:,.0f} images/s; "
           f"{flops / args.batch_size / 1e9:.3f} GFLOP an image: {gflops:,.0f} GFLOP/s = "
           f"{gflops / peak:.0%} of the peak")  # fmt: skip
+    print(f"minor page faults a step: {statistics.median(faults[1:]):,.0f}")
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         steps(1)

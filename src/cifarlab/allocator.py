@@ -6,17 +6,21 @@ import ctypes
 import ctypes.util
 import sys
 
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
+_M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
+_M_MMAP_MAX = -4
+_INT_MAX = 2**31 - 1  # mallopt takes an int
 
 
 def configure_allocator() -> bool:
     """Keep freed tensor memory in the process instead of handing it back to the kernel.
 
-    glibc serves each allocation over its mmap threshold with a fresh mapping and trims the
-    heap eagerly, so every training step re-faults its ~1 MB activations page by page. On our
-    2-core VM that page-fault cost halved the input pipeline's throughput (BENCHMARKS.md).
-    Raising both thresholds makes steady-state steps reuse memory. Returns True if applied.
+    PyTorch's CPU allocator has no cache: each tensor is a malloc and a free. glibc serves
+    any allocation over its mmap threshold (at most 32 MB) with a fresh mapping, unmapped
+    again at free(), and trims the heap eagerly, so every training step faults its buffers
+    back in page by page, each page zeroed by the kernel: 740,000 page faults a step of the
+    fast recipe at batch 1,024, 30% of its time; half the input pipeline's throughput
+    (BENCHMARKS.md). With no mmaps at all and trimming only past 2 GB of free heap top,
+    large blocks come from the heap and the next step reuses them. Returns True if applied.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -24,9 +28,10 @@ def configure_allocator() -> bool:
     if not name:
         return False
     try:
-        libc = ctypes.CDLL(name)
-        ok_trim = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-        ok_mmap = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum on 64-bit
+        mallopt = ctypes.CDLL(name).mallopt
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok_trim = mallopt(_M_TRIM_THRESHOLD, _INT_MAX)
+    ok_mmap = mallopt(_M_MMAP_MAX, 0)  # glibc still maps when the heap cannot grow
     return bool(ok_trim and ok_mmap)

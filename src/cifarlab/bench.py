@@ -72,6 +72,19 @@ def _bench_setup(recipe: str, overrides: dict | None, seed: int, device: str):
     return config, get_recipe(config.recipe, config.params), pick_device(device)
 
 
+def training_state(recipe: str, overrides: dict | None, seed: int, device: str):
+    """(config, recipe, device, state): the trainer's state (train/loop.build_state) on a
+    random CIFAR-10-sized split, in training mode, ready for forward_step/apply_step."""
+    from .train.distributed import Placement
+    from .train.loop import build_state
+
+    config, recipe_obj, dev = _bench_setup(recipe, overrides, seed, device)
+    images, labels = _random_split(50_000, 10, seed)
+    state = build_state(config, recipe_obj, Placement(dev), images, labels, num_classes=10)
+    state.net.train()
+    return config, recipe_obj, dev, state
+
+
 def _measure(warm_up, run_once, images_per_run: int, repeats: int, device: torch.device,
              batch_size: int) -> dict:  # fmt: skip
     """Time warm_up once (reported apart), then run_once `repeats` times: images/s each."""
@@ -100,13 +113,9 @@ def bench_train(
     recipe's weight average (train/loop.py's forward_step and apply_step), on a random
     CIFAR-10-sized split. The first `warmup_steps` (lazy initialisation, any compilation)
     are timed separately and not in the rate; each repeat then times `steps` steps."""
-    from .train.distributed import Placement
-    from .train.loop import apply_step, build_state, forward_step
+    from .train.loop import apply_step, forward_step
 
-    config, recipe_obj, dev = _bench_setup(recipe, overrides, seed, device)
-    images, labels = _random_split(50_000, 10, seed)
-    state = build_state(config, recipe_obj, Placement(dev), images, labels, num_classes=10)
-    state.net.train()
+    config, recipe_obj, dev, state = training_state(recipe, overrides, seed, device)
 
     def run(n: int) -> None:
         for _ in range(n):
