@@ -10,7 +10,7 @@ from cifarlab.config import build_config
 from cifarlab.data.loader import BatchPosition
 from cifarlab.models.fast import FastNet, _patches, whitening_filters
 from cifarlab.recipes import TrainingPlan, get_recipe
-from cifarlab.recipes.fast import LookaheadAverage, alternating_flip, translate
+from cifarlab.recipes.fast import LookaheadAverage, alternating_flip, random_flip, translate
 from cifarlab.run.checkpoint import load_checkpoint
 
 
@@ -52,6 +52,37 @@ def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
     assert torch.equal(by_epoch[0], ~by_epoch[1]) and torch.equal(by_epoch[0], by_epoch[2])
     assert torch.equal(by_epoch[1], by_epoch[3])
     assert 0.48 < by_epoch[0].float().mean() < 0.52  # half start mirrored
+
+
+def test_the_flip_ablations_mirror_at_random_or_never():
+    whole = random_flip(torch.Generator().manual_seed(3), 0, 10_000, 10_000)
+    assert 0.48 < whole.float().mean() < 0.52
+    rank1 = random_flip(torch.Generator().manual_seed(3), 5_000, 10_000, 5_000)
+    assert torch.equal(rank1, whole[5_000:])  # ranks see one process's draws
+    images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
+    position = BatchPosition(1, 0, 64, torch.arange(64))
+    outputs = {}
+    for flip in ("alternating", "random", "none"):
+        recipe = get_recipe("fast", build_config("fast", {"flip": flip, "translate": 0}).params)
+        outputs[flip] = recipe.train_transform(images, torch.Generator().manual_seed(0), position)
+    plain = get_recipe("fast").normalize(images)
+    mirrored = [torch.equal(outputs["random"][i], plain[i].flip(2)) for i in range(64)]
+    assert torch.equal(outputs["none"], plain) and 16 < sum(mirrored) < 48
+    assert torch.equal(outputs["alternating"][alternating_flip(torch.arange(64), 1)],
+                       plain.flip(3)[alternating_flip(torch.arange(64), 1)])  # fmt: skip
+
+
+def test_without_whitening_the_first_layer_is_learned_from_its_default_start():
+    images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
+    for whitening in (True, False):
+        recipe = get_recipe("fast", build_config("fast", {"whitening": whitening}).params)
+        torch.manual_seed(0)
+        model = recipe.build_model(10, images)
+        trained = {n for n, q in model.named_parameters() if q.requires_grad}
+        assert ("whiten.weight" in trained) is not whitening
+        torch.manual_seed(0)
+        default = FastNet(10).whiten.weight  # the same draws, no whitening
+        assert torch.equal(model.whiten.weight, default) is not whitening
 
 
 def test_translation_moves_each_image_by_its_drawn_shift_and_splits_across_ranks():
@@ -185,13 +216,13 @@ def test_small_epochs_train_on_smaller_crops_then_full_images():
 
 
 @pytest.mark.slow
-def test_a_budget_picks_whole_epochs_and_saves_them(tmp_path, capsys):
+def test_a_budget_picks_the_steps_that_fit_and_saves_them(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *SMALL, "--budget", "0.4", "--run-dir", str(run), "--json"]) == 0
     out = capsys.readouterr().out
-    assert "budget 0.4 min: " in out and " epoch(s) = " in out
+    assert "budget 0.4 min: " in out and " epochs) fit" in out
     steps = json.loads((run / "config.json").read_text())["run"]["max_steps"]
-    assert steps > 0 and steps % 6 == 0  # 400 images / 64: 6 steps an epoch
+    assert steps >= 6 and f"{steps} steps (" in out  # 400 images / 64: 6 steps an epoch
     assert json.loads(out.strip().splitlines()[-1])["step"] == steps
     assert (
         main(

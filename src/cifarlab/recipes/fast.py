@@ -65,7 +65,17 @@ class Params:
     whiten_bias_epochs: float = setting(
         3.0, "epochs during which the whitening bias trains (then frozen)", at_least=0
     )
+    flip: str = setting(
+        "alternating",
+        "horizontal flip: alternating (each image mirrored in every other epoch), random "
+        "(each time with probability 1/2), or none",
+        choices=("alternating", "random", "none"),
+    )
     translate: int = setting(2, "random translation, pixels, reflect-padded", at_least=0, at_most=4)
+    whitening: bool = setting(
+        True, "first layer frozen to the patches' whitening transform (false: learned, "
+        "default-initialized: an ablation)",
+    )  # fmt: skip
     lookahead_every: int = setting(5, "steps between lookahead averages", at_least=1)
     lookahead_decay: float = setting(
         0.95**5, "final weight of the slow copy; it grows as progress**3", at_least=0, below=1
@@ -113,6 +123,13 @@ def alternating_flip(indices: torch.Tensor, epoch: int) -> torch.Tensor:
     every other epoch: over any two epochs every image is seen both ways."""
     parity = ((indices * 2654435761) >> 16) & 1  # Knuth's multiplicative hash, one bit
     return (parity ^ (epoch % 2)).bool()
+
+
+def random_flip(generator: torch.Generator, offset: int, total: int, size: int) -> torch.Tensor:
+    """bool [size]: mirror each image with probability 1/2, drawn for the whole global batch
+    (`total`) and this rank's slice taken, as `translate` does."""
+    drawn = torch.rand(total, generator=generator, device=generator.device) < 0.5
+    return drawn[offset : offset + size]
 
 
 def translate(
@@ -196,14 +213,19 @@ class Fast(Recipe):
     def build_model(self, num_classes: int, train_images: torch.Tensor | None) -> nn.Module:
         model = FastNet(num_classes, widths=(self.params.width // 4, self.params.width, self.params.width),
                         bn_momentum=self.params.bn_momentum)  # fmt: skip
-        if train_images is not None:
+        if not self.params.whitening:
+            model.whiten.weight.requires_grad_(True)  # an ordinary first layer
+        elif train_images is not None:
             model.init_whitening(Normalize()(train_images[:WHITENING_IMAGES]))
         return model.to(memory_format=torch.channels_last)
 
     def train_transform(self, images, generator, position) -> torch.Tensor:
         x = self.normalize.to(images.device)(images)  # [B, 3, 32, 32]
-        flip = alternating_flip(position.indices, position.epoch)
-        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        if self.params.flip != "none":
+            flip = (alternating_flip(position.indices, position.epoch)
+                    if self.params.flip == "alternating"
+                    else random_flip(generator, position.offset, position.global_batch_size, len(x)))  # fmt: skip
+            x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
         x = translate(
             x, self.params.translate, generator, position.offset, position.global_batch_size
         )
