@@ -136,7 +136,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _fit_budget(config, asked: dict, minutes: float):
-    """--budget: the whole epochs that fit, measured here; saved as max_steps."""
+    """--budget: the steps that fit, measured here; saved as max_steps."""
     from .config import build_config
     from .data.layout import dataset_info
     from .run.device import pick_device
@@ -339,7 +339,7 @@ def _train_parser(commands) -> None:
     )
     p.add_argument("--max-steps", type=_at_least(1), help="optimizer steps (tutorial: 100,000)")
     p.add_argument("--budget", type=_positive_float, metavar="MINUTES",
-                   help="instead of --max-steps: the whole epochs that fit this many minutes here, "
+                   help="instead of --max-steps: the steps that fit this many minutes here, "
                         "measured by a short timing run and saved in the run's configuration")  # fmt: skip
     p.add_argument(
         "--batch-size", type=_at_least(1), help="images per step per process (tutorial: 128)"

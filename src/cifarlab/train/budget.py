@@ -2,7 +2,8 @@
 
 A short timing run of the recipe's real training step (random images of the real shape:
 the cost does not depend on pixel values) and of its evaluation gives seconds per step and
-the final evaluation's cost; the run gets the whole epochs that fit what remains. The
+the final evaluation's cost; the run gets the steps that fit what remains (at least one
+epoch; the recipes' schedules are functions of the step, so a run may end mid-epoch). The
 chosen max_steps is saved in config.json like any other field, so a rerun is the same run.
 """
 
@@ -77,11 +78,11 @@ def steps_for_budget(config: TrainConfig, minutes: float, train_examples: int = 
     eval_seconds = _timed(evaluate, 1) * test_examples / sample.shape[0]
     steps_per_epoch = train_examples // batch
     spare = minutes * 60 - STARTUP_SECONDS - eval_seconds
-    epochs = int(spare / (step_seconds * steps_per_epoch)) if spare > 0 else 0
-    if epochs < 1:
+    steps = int(spare / step_seconds) if spare > 0 else 0
+    if steps < steps_per_epoch:
         raise ConfigError(f"--budget {minutes:g} min: one epoch takes about "
                           f"{(step_seconds * steps_per_epoch + eval_seconds + STARTUP_SECONDS) / 60:.1f} min "
                           "on this machine; give more time")  # fmt: skip
     log(f"budget {minutes:g} min: {step_seconds:.2f} s a step, about {eval_seconds:.0f} s to evaluate; "
-        f"{epochs} epoch(s) = {epochs * steps_per_epoch} steps fit")  # fmt: skip
-    return epochs * steps_per_epoch
+        f"{steps} steps ({steps / steps_per_epoch:.1f} epochs) fit")  # fmt: skip
+    return steps
