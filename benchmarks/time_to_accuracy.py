@@ -98,17 +98,28 @@ def flops_per_step(config, device: torch.device, epoch: int = 0) -> float:
 
 
 def training_flops(config, device: torch.device, steps: int, train_examples: int = 50_000) -> float:
-    """The sum over the run's steps of each step's FLOPs (one count per epoch; the last
-    partial batch of an epoch is dropped, as the trainer does)."""
+    """The sum over the run's steps of each step's FLOPs (the last partial batch of an epoch
+    is dropped, as the trainer does). A step's count depends only on the shape of the images
+    the recipe makes in its epoch (progressive resizing changes it), so each shape is
+    counted once."""
+    from cifarlab.data.loader import BatchPosition
+    from cifarlab.recipes import get_recipe
+
+    recipe = get_recipe(config.recipe, config.params)
     batch = config.run.global_batch_size or config.run.batch_size
     per_epoch = train_examples // batch
-    counts = {}
+    probe = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
+    counts: dict[tuple, float] = {}
     total = 0.0
-    for step in range(steps):
-        epoch = step // per_epoch
-        if epoch not in counts:
-            counts[epoch] = flops_per_step(config, device, epoch)
-        total += counts[epoch]
+    for epoch_start in range(0, steps, per_epoch):
+        epoch = epoch_start // per_epoch
+        position = BatchPosition(epoch, 0, 2, torch.arange(2))
+        shape = tuple(
+            recipe.train_transform(probe, torch.Generator().manual_seed(0), position).shape[1:]
+        )
+        if shape not in counts:
+            counts[shape] = flops_per_step(config, device, epoch)
+        total += counts[shape] * min(per_epoch, steps - epoch_start)
     return total
 
 
