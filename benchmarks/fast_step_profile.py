@@ -1,14 +1,16 @@
 """Where a fast-recipe training step spends its time, and what fraction of the machine's
 fp32 matrix-product peak it reaches, measured in one run:
 
-    python benchmarks/fast_step_profile.py [--batch-size 1024] [--set KEY=VALUE ...]
+    python benchmarks/fast_step_profile.py [--recipe fast] [--batch-size 1024] [--set KEY=VALUE ...]
+                                           [--default-allocator]
 
 1. the peak (time_to_accuracy.matmul_peak_gflops: the better of MKL and oneDNN);
 2. seconds a step of the real training step (train/loop.py's forward_step and apply_step, as
    `cifarlab bench train` runs them: input pipeline, forward, loss, backward, optimizer,
    lookahead) on a random CIFAR-sized split, median of --repeats runs of --steps steps; the
    counted FLOPs of a step (full-size images, as in the late epochs) over it = GFLOP/s, and
-   its fraction of the peak;
+   its fraction of the peak; the minor page faults a step (memory the kernel hands out anew:
+   zero once malloc keeps freed memory, cifarlab/allocator.py);
 3. a torch.profiler table of one more step: self CPU time by operator family.
 Run it on a quiet machine: anything else running halves the figures.
 """
