@@ -221,10 +221,8 @@ class Fast(Recipe):
 
     def train_transform(self, images, generator, position) -> torch.Tensor:
         x = self.normalize.to(images.device)(images)  # [B, 3, 32, 32]
-        if self.params.flip != "none":
-            flip = (alternating_flip(position.indices, position.epoch)
-                    if self.params.flip == "alternating"
-                    else random_flip(generator, position.offset, position.global_batch_size, len(x)))  # fmt: skip
+        flip = self.flip_mask(generator, position, len(x))
+        if flip is not None:
             x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
         x = translate(
             x, self.params.translate, generator, position.offset, position.global_batch_size
@@ -237,6 +235,14 @@ class Fast(Recipe):
                                   device=generator.device).tolist()  # fmt: skip
             x = x[:, :, y : y + size, x0 : x0 + size]
         return x.contiguous(memory_format=torch.channels_last)
+
+    def flip_mask(self, generator, position, size: int) -> torch.Tensor | None:
+        """bool [size]: which of this rank's images to mirror (None: flipping is off)."""
+        if self.params.flip == "alternating":
+            return alternating_flip(position.indices, position.epoch)
+        if self.params.flip == "random":
+            return random_flip(generator, position.offset, position.global_batch_size, size)
+        return None
 
     def train_image_size(self, epoch: int) -> int:
         """Side of the training images in this epoch (progressive resizing)."""
