@@ -4,13 +4,14 @@ straightforward implementation to the fast one, alternating the variants several
 
     python benchmarks/tutorial_fast_path_parts.py [--rounds 5] [--iterations 30]
 
-Variants:
+Variants, each adding to the one before:
   reference        fast_path=false: NCHW, LRN as a batched band matmul, recorded backward,
                    SAME pool on a -inf padded copy
   + layout, pool   channels_last activations and weights, the unpadded SAME pool, ReLU in
                    place; the reference LRN
-  + LRN            the whole fast path: the LRN's window sum as a 1x1 convolution, with
-                   its own backward
+  + LRN            the LRN's window sum as a 1x1 convolution, with its own backward
+  + conv1's pool before its ReLU, NCHW backward   (models/conv_pool.py)
+  + oneDNN fully connected layers: the whole fast path (models/onednn_linear.py)
 Also the LRN's window sum alone at the tutorial's LRN shape ([128, 64, 12, 12]): torch.mm
 (MKL) against the 1x1 convolution (oneDNN). Prints medians over rounds, in ms.
 """
@@ -25,20 +26,36 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from cifarlab.models import onednn_linear, tutorial
 from cifarlab.models.lrn import LocalResponseNorm, _band
 from cifarlab.models.tutorial import TutorialNet
 
 
-def variants() -> dict[str, torch.nn.Module]:
+class _ReluBeforePool(TutorialNet):
+    """The fast path before conv1's ReLU moved after its pool (and its NCHW backward)."""
+
+    def _conv1_pooled(self, x, pool):
+        return pool(self.conv1_relu(self.conv1(x)))
+
+
+def _plain_linear(x, layer):
+    return layer(x)
+
+
+def variants() -> dict[str, tuple[torch.nn.Module, bool]]:
+    """name -> (model, whether its fully connected layers run on oneDNN)."""
     torch.manual_seed(0)
     reference = TutorialNet(10, fast=False)
-    layout = TutorialNet(10, fast=True)
+    layout = _ReluBeforePool(10, fast=True)
     layout.norm1, layout.norm2 = LocalResponseNorm(fast=False), LocalResponseNorm(fast=False)
-    fast = TutorialNet(10, fast=True)
-    for model in (layout, fast):
+    lrn, conv_pool, fast = _ReluBeforePool(10, fast=True), TutorialNet(10), TutorialNet(10)
+    for model in (layout, lrn, conv_pool, fast):
         model.load_state_dict(reference.state_dict())
-    return {"reference": reference, "+ layout, pool": layout.to(memory_format=torch.channels_last),
-            "+ LRN (fast path)": fast.to(memory_format=torch.channels_last)}  # fmt: skip
+    return {"reference": (reference, False),
+            "+ layout, pool": (layout.to(memory_format=torch.channels_last), False),
+            "+ LRN": (lrn.to(memory_format=torch.channels_last), False),
+            "+ conv1's pool before its ReLU, NCHW backward": (conv_pool.to(memory_format=torch.channels_last), False),
+            "+ oneDNN fully connected layers (the fast path)": (fast.to(memory_format=torch.channels_last), True)}  # fmt: skip
 
 
 def timed_ms(fn, iterations: int) -> float:
@@ -76,13 +93,15 @@ def main() -> None:
 
     times: dict[str, list[float]] = {}
     for _ in range(args.rounds):
-        for name, model in models.items():
+        for name, (model, onednn) in models.items():
+            tutorial.linear = onednn_linear.linear if onednn else _plain_linear
             times.setdefault(f"train {name}", []).append(
                 timed_ms(partial(train_step, model), args.iterations)
             )
             times.setdefault(f"eval {name}", []).append(
                 timed_ms(partial(forward, model), args.iterations)
             )
+        tutorial.linear = onednn_linear.linear
         for name, fn in window.items():
             times.setdefault(f"LRN window sum, {name}", []).append(
                 timed_ms(fn, args.iterations * 5)

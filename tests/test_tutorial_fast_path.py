@@ -1,9 +1,14 @@
 """The tutorial network's fast path computes the reference's function: outputs, input and
-parameter gradients, the pooling and the LRN on their own, and a few real training steps."""
+parameter gradients, the pooling, the LRN, the first convolution with its pool and the
+oneDNN fully connected layers on their own, and a few real training steps."""
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
+from cifarlab.models import onednn_linear
+from cifarlab.models.conv_pool import conv_then_max_pool
 from cifarlab.models.lrn import local_response_norm, local_response_norm_channels_last
 from cifarlab.models.tutorial import TutorialNet, same_max_pool, same_max_pool_unpadded
 
@@ -58,6 +63,64 @@ def test_channels_last_lrn_passes_gradcheck_and_equals_the_reference():
     torch.autograd.gradcheck(lambda t: local_response_norm_channels_last(t, radius=2), (x,))
     torch.autograd.gradcheck(lambda t: local_response_norm_channels_last(t, beta=0.6), (x,))
     torch.testing.assert_close(local_response_norm_channels_last(x), local_response_norm(x))
+
+
+@pytest.mark.parametrize("size", [24, 12, 6])
+def test_conv_then_pool_passes_gradcheck_and_equals_the_reference(size):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, size, size, dtype=torch.float64).requires_grad_()
+    w = torch.randn(4, 3, 5, 5, dtype=torch.float64).to(memory_format=torch.channels_last)
+    b = torch.randn(4, dtype=torch.float64)
+    w.requires_grad_(), b.requires_grad_()
+    torch.autograd.gradcheck(lambda *t: conv_then_max_pool(*t, 2), (x, w, b))
+    expected = same_max_pool(F.conv2d(x, w, b, padding=2))
+    torch.testing.assert_close(conv_then_max_pool(x, w, b, 2), expected, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not onednn_linear.AVAILABLE, reason="this PyTorch has no oneDNN")
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_equals_torch_linear_with_its_gradients(bias):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(300, 70, bias=bias)
+    x = torch.randn(33, 300)
+    upstream = torch.randn(33, 70)
+    results = []
+    for fn in (lambda t: layer(t), lambda t: onednn_linear.linear(t, layer)):
+        layer.zero_grad()
+        t = x.clone().requires_grad_()
+        out = fn(t)
+        (out * upstream).sum().backward()
+        grads = [t.grad, layer.weight.grad] + ([layer.bias.grad] if bias else [])
+        results.append([out.detach(), *grads])
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(onednn_linear.linear(x, layer), layer(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not onednn_linear.AVAILABLE, reason="this PyTorch has no oneDNN")
+def test_onednn_linear_counts_the_flops_of_a_linear_and_serves_only_float32():
+    layer = torch.nn.Linear(64, 32)
+    x = torch.randn(8, 64)
+    with FlopCounterMode(display=False) as counter:
+        onednn_linear.linear(x, layer)
+    assert counter.get_total_flops() == 2 * 8 * 64 * 32
+    assert onednn_linear._served(x, layer)
+    assert not onednn_linear._served(x.double(), layer.double())  # F.linear serves float64
+    assert not onednn_linear._served(x[None], layer)  # and batches of another rank
+
+
+def test_summary_hooks_see_conv1s_whole_activation_and_change_nothing():
+    """The fast path pools before conv1's ReLU, except when a summary watches the ReLU."""
+    _, fast = _twins(torch.float32, "cpu")
+    x = torch.randn(4, 3, 24, 24)
+    plain = fast(x)
+    seen = {}
+    hook = fast.conv1_relu.register_forward_hook(lambda m, i, o: seen.setdefault("conv1", o))
+    watched = fast(x)
+    hook.remove()
+    assert seen["conv1"].shape == (4, 64, 24, 24) and (seen["conv1"] >= 0).all()
+    torch.testing.assert_close(watched, plain, rtol=1e-5, atol=1e-6)
 
 
 def test_a_few_real_training_steps_agree(tmp_path):

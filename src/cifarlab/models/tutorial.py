@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv_pool import conv_then_max_pool
 from .lrn import LocalResponseNorm
+from .onednn_linear import linear
 
 
 def _same_padding(x: torch.Tensor, kernel: int, stride: int) -> tuple[int, int]:
@@ -41,12 +43,17 @@ def same_max_pool(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Te
     return F.max_pool2d(x, kernel, stride)
 
 
+def _pads_at_end(x: torch.Tensor, kernel: int, stride: int) -> bool:
+    """SAME pooling of x pads only after the last row and column (ceil_mode does that)."""
+    pad_h, pad_w = _same_padding(x, kernel, stride)
+    return not (pad_h // 2 or pad_w // 2)
+
+
 def same_max_pool_unpadded(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Tensor:
     """same_max_pool without the padded copy where the padding is all at the end (the
     tutorial's 24 -> 12 and 12 -> 6): ceil_mode's last window is clipped at the border,
     which is what a -inf pad does. Falls back to same_max_pool otherwise."""
-    pad_h, pad_w = _same_padding(x, kernel, stride)
-    if pad_h // 2 or pad_w // 2:
+    if not _pads_at_end(x, kernel, stride):
         return same_max_pool(x, kernel, stride)
     return F.max_pool2d(x, kernel, stride, ceil_mode=True)
 
@@ -60,8 +67,10 @@ def _init(layer: nn.Module, std: float, bias: float) -> None:
 class TutorialNet(nn.Module):
     """`fast=True`: the same function computed faster on CPUs: channels_last activations
     (oneDNN's native layout), the LRN with its own backward (lrn.py), SAME pooling
-    without a padded copy, ReLUs in place. `fast=False`: the straightforward reference,
-    which tests compare against."""
+    without a padded copy, ReLUs in place, conv1's ReLU after its pool and the pair's
+    backward in NCHW (conv_pool.py), the fully connected layers on oneDNN
+    (onednn_linear.py). `fast=False`: the straightforward reference, which tests compare
+    against."""
 
     def __init__(self, num_classes: int = 10, fast: bool = True) -> None:
         super().__init__()
@@ -87,11 +96,22 @@ class TutorialNet(nn.Module):
         pool = same_max_pool
         if self.fast:
             x, pool = x.contiguous(memory_format=torch.channels_last), same_max_pool_unpadded
-        x = self.norm1(pool(self.conv1_relu(self.conv1(x))))  # [N, 64, 12, 12]
+        x = self.norm1(self._conv1_pooled(x, pool))  # [N, 64, 12, 12]
         x = pool(self.norm2(self.conv2_relu(self.conv2(x))))  # [N, 64, 6, 6]
-        x = self.local3_relu(self.local3(x.flatten(1)))  # [N, 384]
-        x = self.local4_relu(self.local4(x))  # [N, 192]
-        return self.softmax_linear(x)  # [N, num_classes]
+        dense = linear if self.fast else (lambda x, layer: layer(x))
+        x = self.local3_relu(dense(x.flatten(1), self.local3))  # [N, 384]
+        x = self.local4_relu(dense(x, self.local4))  # [N, 192]
+        return dense(x, self.softmax_linear)  # [N, num_classes]
+
+    def _conv1_pooled(self, x: torch.Tensor, pool) -> torch.Tensor:
+        """pool(relu(conv1(x))). The fast path pools first: ReLU commutes with max-pooling
+        (it is monotone) and on the pooled map touches a quarter of the values; the pair's
+        backward runs in NCHW (conv_pool.py). Summary steps (a hook watching conv1's
+        activation) keep the tutorial's order, so the summary sees the layer's whole output."""
+        if self.fast and not self.conv1_relu._forward_hooks and _pads_at_end(x, 3, 2):
+            conv = self.conv1
+            return self.conv1_relu(conv_then_max_pool(x, conv.weight, conv.bias, conv.padding[0]))
+        return pool(self.conv1_relu(self.conv1(x)))  # [N, 64, 24, 24] before the pool
 
     def activation_points(self) -> dict[str, nn.Module]:
         """Modules whose outputs are the layers' activations, by summary tag (as the tutorial's)."""
