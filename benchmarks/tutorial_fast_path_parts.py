@@ -12,8 +12,11 @@ Variants, each adding to the one before:
   + LRN            the LRN's window sum as a 1x1 convolution, with its own backward
   + conv1's pool before its ReLU, NCHW backward   (models/conv_pool.py)
   + oneDNN fully connected layers: the whole fast path (models/onednn_linear.py)
-Also the LRN's window sum alone at the tutorial's LRN shape ([128, 64, 12, 12]): torch.mm
-(MKL) against the 1x1 convolution (oneDNN). Prints medians over rounds, in ms.
+Also single operations at the tutorial's shapes (batch 128), each against what it replaced:
+the LRN's window sum as torch.mm (MKL) and as a 1x1 convolution (oneDNN), conv1's weight
+gradient channels-last and in NCHW, local3's forward product with MKL and with oneDNN;
+and the convolutions alone (what no rearranging around them can speed up). Prints medians
+over rounds, in ms.
 """
 
 from __future__ import annotations
@@ -88,8 +91,29 @@ def main() -> None:
     sq = torch.randn(128, 64, 12, 12).contiguous(memory_format=torch.channels_last)
     band = _band(64, 4, sq.device, sq.dtype)
     rows = sq.permute(0, 2, 3, 1).reshape(-1, 64)
-    window = {"torch.mm (MKL)": lambda: rows @ band,
-              "1x1 convolution (oneDNN)": lambda: F.conv2d(sq, band.view(64, 64, 1, 1))}  # fmt: skip
+    images = torch.randn(128, 3, 24, 24)
+    filters, conv_grad = torch.randn(64, 3, 5, 5), torch.randn(128, 64, 24, 24)
+
+    def conv1_weight_grad(layout):
+        args = [t.contiguous(memory_format=layout) for t in (conv_grad, images, filters)]
+        return lambda: torch.ops.aten.convolution_backward(
+            *args, [64], [1, 1], [2, 2], [1, 1], False, [0, 0], 1, [False, True, True]
+        )
+
+    local3, flat = torch.nn.Linear(2304, 384), torch.randn(128, 2304)
+    cl = torch.channels_last
+    conv2_in, conv2_w = sq.clone(), torch.randn(64, 64, 5, 5).contiguous(memory_format=cl)
+    conv1_in, conv1_w = images.contiguous(memory_format=cl), filters.contiguous(memory_format=cl)
+    kernels = {"LRN window sum, torch.mm (MKL)": lambda: rows @ band,
+               "LRN window sum, 1x1 convolution (oneDNN)": lambda: F.conv2d(sq, band.view(64, 64, 1, 1)),
+               "conv1 weight gradient, channels_last": conv1_weight_grad(torch.channels_last),
+               "conv1 weight gradient, NCHW": conv1_weight_grad(torch.contiguous_format),
+               "local3 forward, F.linear (MKL)": lambda: local3(flat),
+               "local3 forward, oneDNN": lambda: onednn_linear.linear(flat, local3),
+               "conv1 forward (channels_last)": lambda: F.conv2d(conv1_in, conv1_w, padding=2),
+               "conv2 forward (channels_last)": lambda: F.conv2d(conv2_in, conv2_w, padding=2),
+               "conv2 backward, input and weight gradients (channels_last)": lambda: torch.ops.aten.convolution_backward(
+                   sq, conv2_in, conv2_w, [64], [1, 1], [2, 2], [1, 1], False, [0, 0], 1, [True, True, True])}  # fmt: skip
 
     times: dict[str, list[float]] = {}
     for _ in range(args.rounds):
@@ -102,10 +126,9 @@ def main() -> None:
                 timed_ms(partial(forward, model), args.iterations)
             )
         tutorial.linear = onednn_linear.linear
-        for name, fn in window.items():
-            times.setdefault(f"LRN window sum, {name}", []).append(
-                timed_ms(fn, args.iterations * 5)
-            )
+        with torch.no_grad():
+            for name, fn in kernels.items():
+                times.setdefault(name, []).append(timed_ms(fn, args.iterations * 5))
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.rounds} rounds\n"
@@ -113,7 +136,7 @@ def main() -> None:
     print("| what | ms (batch 128) | images/s |\n|---|---:|---:|")
     for name, values in times.items():
         ms = statistics.median(values)
-        rate = f"{128 / ms * 1e3:,.0f}" if not name.startswith("LRN") else ""
+        rate = f"{128 / ms * 1e3:,.0f}" if name.startswith(("train", "eval")) else ""
         print(f"| {name} | {ms:.2f} | {rate} |")
 
 
