@@ -106,8 +106,15 @@ def test_onednn_linear_counts_the_flops_of_a_linear_and_serves_only_float32():
         onednn_linear.linear(x, layer)
     assert counter.get_total_flops() == 2 * 8 * 64 * 32
     assert onednn_linear._served(x, layer)
-    assert not onednn_linear._served(x.double(), layer.double())  # F.linear serves float64
+    assert not onednn_linear._served(
+        x.double(), torch.nn.Linear(64, 32).double()
+    )  # float64: F.linear
     assert not onednn_linear._served(x[None], layer)  # and batches of another rank
+    seen = []
+    hook = layer.register_forward_hook(lambda m, i, o: seen.append(o))
+    out = onednn_linear.linear(x, layer)  # a summary's hook: the layer itself runs
+    hook.remove()
+    assert len(seen) == 1 and seen[0] is out
 
 
 def test_summary_hooks_see_conv1s_whole_activation_and_change_nothing():

@@ -8,7 +8,7 @@ oneDNN here; the result is the same function, summed in another order.
 
 oneDNN is reached through `torch.ops.mkldnn._linear_pointwise`, the operator PyTorch's
 compiler emits for CPU linears. Where it cannot serve (no oneDNN in this build, another
-device or dtype, export or tracing), `linear` calls the layer itself (F.linear).
+device or dtype, export or tracing, a hook on the layer), `linear` calls the layer itself.
 """
 
 from __future__ import annotations
@@ -47,9 +47,11 @@ class _OneDnnLinear(torch.autograd.Function):
 
 
 def _served(x: torch.Tensor, layer: nn.Linear) -> bool:
-    """oneDNN takes this call: CPU, float32 throughout, a 2-D batch, not being exported."""
+    """oneDNN takes this call: CPU, float32 throughout, a 2-D batch, not being exported,
+    and no hook watching the layer (summaries hook it: the layer itself runs them)."""
     return (
         AVAILABLE
+        and not (layer._forward_hooks or layer._forward_pre_hooks)
         and x.device.type == "cpu"
         and x.dim() == 2
         and x.dtype == layer.weight.dtype == torch.float32
