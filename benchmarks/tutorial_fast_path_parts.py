@@ -29,6 +29,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from cifarlab.allocator import configure_allocator
 from cifarlab.models import onednn_linear, tutorial
 from cifarlab.models.lrn import LocalResponseNorm, _band
 from cifarlab.models.tutorial import TutorialNet
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=30)
     args = parser.parse_args()
+    configure_allocator()  # as the CLI does: freed buffers stay in the heap, no page faults
 
     x = torch.randn(128, 3, 24, 24)
     labels = torch.randint(0, 10, (128,))
