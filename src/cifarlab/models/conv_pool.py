@@ -2,8 +2,8 @@
 for the CPU.
 
 Channels-last is oneDNN's fast layout for the forward pass, but for a convolution with 3
-input channels its weight gradient is 2x slower channels-last than in NCHW (5.1 against
-2.4 ms at the tutorial's [128, 3, 24, 24] on our AMD EPYC), and the pool's backward, which
+input channels its weight gradient is 2x slower channels-last than in NCHW (about 5 against
+2.2-2.4 ms at the tutorial's [128, 3, 24, 24] on our AMD EPYC), and the pool's backward, which
 writes the 19 MB gradient of the convolution's output, is faster in NCHW too. The
 backward here therefore turns the small things (the pooled gradient, the pool's indices,
 the images) into NCHW and leaves the large one to be written there directly; the forward
