@@ -78,6 +78,31 @@ def test_two_ranks_of_16_equal_one_process_of_32(tmp_path):
     )  # it did train
 
 
+def test_hard_example_selection_on_two_ranks_gathers_and_resumes_exactly(tmp_path):
+    """Each rank records its half of a batch's losses and all-gathers the rest, so both
+    hold the whole table (one process's would have no gaps either) and draw the same
+    selected epochs; a two-rank run continued from a checkpoint ends where it would have."""
+    common = [*DATA, "--recipe", "fast", "--set", "width=16", "--set", "hard_keep=0.5",
+              "--set", "hard_from_epoch=1", "--batch-size", "16", "--checkpoint-every", "8",
+              "--set", "keep_checkpoints=5"]  # fmt: skip
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    _run(_torchrun(*common, "--run-dir", str(straight), "--max-steps", "16"))
+    end = load_checkpoint(straight / "ckpt-00000016.pt")
+    # 200 examples, 6 steps of 32 an epoch: epoch 0 saw 192, gathered from both ranks.
+    assert torch.isfinite(end["data"]["example_losses"]).sum() >= 192
+    assert end["data"]["order"] is not None  # step 16 is inside the second selected epoch
+    split.mkdir()
+    (split / "ckpt-00000008.pt").write_bytes((straight / "ckpt-00000008.pt").read_bytes())
+    (split / "config.json").write_text(
+        (straight / "config.json").read_text().replace(str(straight), str(split))
+    )
+    _run(_torchrun(*common, "--run-dir", str(split), "--max-steps", "16"))
+    again = load_checkpoint(split / "ckpt-00000016.pt")
+    assert torch.equal(again["data"]["example_losses"], end["data"]["example_losses"])
+    for name, w in end["model"].items():
+        assert torch.equal(again["model"][name], w), name
+
+
 def test_a_stopped_two_process_run_resumes_from_its_checkpoint(tmp_path):
     run = tmp_path / "run"
     args = [*DATA, "--run-dir", str(run), "--batch-size", "16", "--checkpoint-every", "5"]

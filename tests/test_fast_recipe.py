@@ -145,11 +145,16 @@ SMALL = ["--recipe", "fast", "--synthetic", "--set", "synthetic_train_per_class=
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("conv_optimizer", ["sgd", "muon"])
-def test_a_short_run_learns_and_resumes_exactly_mid_epoch(tmp_path, capsys, conv_optimizer):
+@pytest.mark.parametrize(
+    "conv_optimizer, extra",
+    [("sgd", []), ("muon", []), ("muon", ["--set", "hard_keep=0.5", "--set", "hard_from_epoch=1"])],
+)
+def test_a_short_run_learns_and_resumes_exactly_mid_epoch(tmp_path, capsys, conv_optimizer, extra):
+    """With hard-example selection too: step 9 is mid-way through the first selected epoch."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     common = [
         *SMALL,
+        *extra,
         "--set",
         f"conv_optimizer={conv_optimizer}",
         "--max-steps",
@@ -175,6 +180,9 @@ def test_a_short_run_learns_and_resumes_exactly_mid_epoch(tmp_path, capsys, conv
     )
     for part in ("model", "average"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    if extra:  # the selection ran, and the resumed run kept the same per-example losses
+        assert torch.isfinite(a["data"]["example_losses"]).sum() >= 384
+        assert torch.equal(a["data"]["example_losses"], b["data"]["example_losses"])
     assert main(["eval", str(straight), "--tta", "--json"]) == 0
     tta = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert tta["precision_at_1"] == result["precision_at_1"]  # the final evaluation used TTA

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cifarlab.data.augment import CentralCropStandardize
-from cifarlab.data.loader import TrainBatches, eval_batches
+from cifarlab.data.loader import HardExamples, TrainBatches, eval_batches, hardest_order
 from cifarlab.recipes import get_recipe
 
 
@@ -120,3 +120,74 @@ def test_ranks_see_exactly_the_distortions_of_one_process():
         parts = [r.next_batch() for r in ranks]
         assert torch.equal(torch.cat([p[1] for p in parts]), y)
         assert torch.equal(torch.cat([p[0] for p in parts]), x)
+
+
+def _drive(batches, steps, loss_of):
+    """Draw `steps` batches, recording each example's loss as loss_of(labels); the labels."""
+    drawn = []
+    for _ in range(steps):
+        _, y = batches.next_batch()
+        batches.record_losses(loss_of(y))
+        drawn.append(y)
+    return drawn
+
+
+def test_hardest_order_draws_only_the_hardest_fraction_each_as_often():
+    losses = torch.arange(100.0)  # example i has loss i: the hardest are 70..99
+    order = hardest_order(losses, 0.3, torch.Generator().manual_seed(0))
+    assert order.numel() == 100 and set(order.tolist()) == set(range(70, 100))
+    counts = order.bincount(minlength=100)[70:]
+    assert set(counts.tolist()) == {3, 4}  # 100 draws from 30: three passes and part of a fourth
+    again = hardest_order(losses, 0.3, torch.Generator().manual_seed(0))
+    assert torch.equal(order, again)  # a pure function of the losses and the generator
+
+
+def test_later_epochs_draw_from_the_examples_with_the_highest_recorded_loss():
+    images, labels = _split(1000)
+    batches = TrainBatches(images, labels, 100, transform=_identity, seed=5,
+                           hard_examples=HardExamples(keep=0.25, from_epoch=1))  # fmt: skip
+    first = torch.cat(_drive(batches, 10, lambda y: (y % 4 == 0).float()))  # epoch 0: all
+    assert sorted(first.tolist()) == list(range(1000))
+    second = torch.cat(_drive(batches, 10, lambda y: (y % 4 == 0).float()))
+    assert set(second.tolist()) == set(range(0, 1000, 4))  # the 250 with loss 1, 4 times each
+
+
+def test_hard_selection_resumes_mid_epoch_exactly_and_ranks_agree():
+    images, labels = _split(1000)
+    hard = HardExamples(keep=0.5, from_epoch=1)
+
+    def loss_of(y):
+        return (y * 7919 % 1000).float()  # a fixed scramble of the indices
+
+    a = TrainBatches(images, labels, 100, transform=_identity, seed=2, hard_examples=hard)
+    _drive(a, 14, loss_of)  # into epoch 1, the first selected one
+    state = a.state_dict()
+    expected = _drive(a, 12, loss_of)  # through the start of epoch 2
+    b = TrainBatches(images, labels, 100, transform=_identity, seed=2, hard_examples=hard)
+    b.load_state_dict(state)
+    assert all(torch.equal(x, y) for x, y in zip(expected, _drive(b, 12, loss_of), strict=True))
+    # Two ranks of 50, each recording its half, gathered: the same batches as one of 100.
+    gathered = {}
+    ranks = [TrainBatches(images, labels, 50, transform=_identity, seed=2, rank=r, world_size=2,
+                          hard_examples=hard, gather=lambda t: gathered["losses"])
+             for r in range(2)]  # fmt: skip
+    single = TrainBatches(images, labels, 100, transform=_identity, seed=2, hard_examples=hard)
+    for _ in range(26):
+        _, whole = single.next_batch()
+        single.record_losses(loss_of(whole))
+        halves = [r.next_batch()[1] for r in ranks]
+        assert torch.equal(torch.cat(halves), whole)
+        gathered["losses"] = loss_of(torch.cat(halves))  # what an all-gather hands every rank
+        for r, half in zip(ranks, halves, strict=True):
+            r.record_losses(loss_of(half))
+    for r in ranks:
+        assert torch.equal(r.example_losses, single.example_losses)
+
+
+def test_resume_without_the_saved_losses_is_refused():
+    images, labels = _split(500)
+    state = TrainBatches(images, labels, 50, transform=_identity).state_dict()
+    hard = TrainBatches(images, labels, 50, transform=_identity,
+                        hard_examples=HardExamples(keep=0.5, from_epoch=1))  # fmt: skip
+    with pytest.raises(ValueError, match="without hard-example selection"):
+        hard.load_state_dict(state)

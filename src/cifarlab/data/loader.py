@@ -9,6 +9,7 @@ runs on the whole batch there. This is what keeps the input pipeline from starvi
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -27,6 +28,29 @@ class BatchPosition:
 
 # (uint8 [B, 32, 32, 3], generator seeded for this global batch, position) -> model input
 Transform = Callable[[torch.Tensor, torch.Generator, BatchPosition], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class HardExamples:
+    """From epoch `from_epoch` on, each epoch draws only from the `keep` fraction of the
+    examples with the highest loss when last seen (docs/fast.md): as many draws as a full
+    epoch, so the hard ones come more often and the easy ones not at all."""
+
+    keep: float  # in (0, 1]
+    from_epoch: int
+
+
+def hardest_order(losses: torch.Tensor, keep: float, generator: torch.Generator) -> torch.Tensor:
+    """A permutation-like order of len(losses) draws from the `keep` fraction of indices
+    with the highest losses, each reshuffled pass after pass. Ties (e.g. never-seen
+    examples, +inf) are broken by index, so every rank computes the same order."""
+    n = losses.numel()
+    count = max(1, round(keep * n))
+    hardest = losses.argsort(descending=True, stable=True)[:count]
+    passes = [
+        hardest[torch.randperm(count, generator=generator)] for _ in range(math.ceil(n / count))
+    ]
+    return torch.cat(passes)[:n]
 
 
 def derive_seed(seed: int, *tags: object) -> int:
@@ -61,6 +85,8 @@ class TrainBatches:
         device: torch.device | str = "cpu",
         rank: int = 0,
         world_size: int = 1,
+        hard_examples: HardExamples | None = None,
+        gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
@@ -82,17 +108,38 @@ class TrainBatches:
         self.epoch = 0
         self.step_in_epoch = 0
         self._order: torch.Tensor | None = None  # the current epoch's permutation, on device
+        # Hard-example selection: each example's loss when last seen (+inf: not yet), on
+        # the CPU; `gather` turns a rank's [B] losses into the global batch's, in rank order.
+        self.hard_examples, self.gather = hard_examples, gather
+        self.example_losses = (
+            torch.full((images.shape[0],), float("inf")) if hard_examples else None
+        )
+        self._last_global_indices: torch.Tensor | None = None
 
     def _epoch_order(self) -> torch.Tensor:
         if self._order is None:
             g = torch.Generator().manual_seed(derive_seed(self.seed, "order", self.epoch))
-            self._order = torch.randperm(self.images.shape[0], generator=g).to(self.device)
+            hard = self.hard_examples
+            if hard is not None and self.epoch >= hard.from_epoch:
+                order = hardest_order(self.example_losses, hard.keep, g)
+            else:
+                order = torch.randperm(self.images.shape[0], generator=g)
+            self._order = order.to(self.device)
         return self._order
+
+    def record_losses(self, losses: torch.Tensor) -> None:
+        """This rank's per-example losses [B] of the batch just drawn; with several ranks
+        every rank must call it (a collective), and every rank then holds the same table."""
+        everyone = self.gather(losses.detach().float().contiguous())
+        self.example_losses[self._last_global_indices.cpu()] = everyone.cpu()
 
     def next_indices(self) -> torch.Tensor:
         """This rank's example indices for the next step; advances the position."""
-        start = self.step_in_epoch * self.global_batch_size + self.rank * self.batch_size
-        indices = self._epoch_order()[start : start + self.batch_size]
+        global_start = self.step_in_epoch * self.global_batch_size
+        order = self._epoch_order()
+        self._last_global_indices = order[global_start : global_start + self.global_batch_size]
+        start = global_start + self.rank * self.batch_size
+        indices = order[start : start + self.batch_size]
         self.step_in_epoch += 1
         if self.step_in_epoch == self.steps_per_epoch:
             self.epoch += 1
@@ -121,12 +168,18 @@ class TrainBatches:
         return self.images.index_select(0, self._epoch_order()[:count])
 
     def state_dict(self) -> dict:
-        return {
+        state = {
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "seed": self.seed,
             "global_batch_size": self.global_batch_size,
         }
+        if self.hard_examples is not None:
+            # The table, and the epoch's order drawn from it at the epoch's start (the table
+            # has changed since): a resumed run draws what the uninterrupted one drew.
+            state["example_losses"] = self.example_losses.clone()
+            state["order"] = None if self._order is None else self._order.cpu().clone()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state["global_batch_size"] != self.global_batch_size or state["seed"] != self.seed:
@@ -138,6 +191,14 @@ class TrainBatches:
         self.epoch = int(state["epoch"])
         self.step_in_epoch = int(state["step_in_epoch"])
         self._order = None
+        if self.hard_examples is not None:
+            if "example_losses" not in state:
+                raise ValueError("the data position was saved without hard-example selection")
+            if state["example_losses"].shape != self.example_losses.shape:
+                raise ValueError("the saved per-example losses are for another training set")
+            self.example_losses = state["example_losses"].clone().float()
+            if state["order"] is not None:
+                self._order = state["order"].to(self.device)
 
 
 def eval_batches(

@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ..data.loader import HardExamples
 from ..errors import ConfigError
 
 
@@ -75,6 +77,15 @@ class Recipe:
 
     def weight_average(self, model: nn.Module, plan: TrainingPlan | None):
         return None
+
+    def hard_examples(self) -> HardExamples | None:
+        """Hard-example selection for the later epochs (data/loader.py), or None: every
+        epoch a permutation of the whole training set."""
+        return None
+
+    def example_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-example losses [B] that hard-example selection ranks examples by."""
+        return F.cross_entropy(logits, labels, reduction="none")
 
     def compute_dtype(self, device: torch.device) -> torch.dtype | None:
         return None

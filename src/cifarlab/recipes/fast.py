@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..averaging import copy_saved_tensors
+from ..data.loader import HardExamples
 from ..models.fast import FastNet
 from ..muon import Muon
 from ..settings import setting, with_defaults
@@ -90,6 +91,12 @@ class Params:
     small_size: int = setting(
         24, "crop side, pixels, during the small epochs", at_least=8, at_most=32
     )
+    hard_keep: float = setting(
+        1.0, "from hard_from_epoch on, each epoch draws only from this fraction of the training "
+        "set: the examples with the highest loss when last seen (1: all, the selection off)",
+        above=0, at_most=1,
+    )  # fmt: skip
+    hard_from_epoch: int = setting(2, "first epoch drawn from the hardest examples", at_least=1)
     conv_optimizer: str = setting(
         "sgd", "the convolution filters' optimizer: sgd, or muon (orthogonalized momentum)",
         choices=("sgd", "muon"),
@@ -250,6 +257,11 @@ class Fast(Recipe):
 
     def eval_preprocess(self) -> nn.Module:
         return Normalize()
+
+    def hard_examples(self) -> HardExamples | None:
+        if self.params.hard_keep >= 1:
+            return None
+        return HardExamples(self.params.hard_keep, self.params.hard_from_epoch)
 
     def tta_logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         def mirrored(v):

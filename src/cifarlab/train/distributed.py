@@ -97,6 +97,16 @@ def any_rank(flags: list[torch.Tensor | int | bool], placement: Placement) -> li
     return values.tolist()
 
 
+def gather_batch(values: torch.Tensor, placement: Placement) -> torch.Tensor:
+    """Each rank's [B] values -> the global batch's [world_size x B], in rank order, on
+    every rank (one all-gather); on one process, the values themselves."""
+    if placement.world_size == 1:
+        return values
+    parts = [torch.empty_like(values) for _ in range(placement.world_size)]
+    dist.all_gather(parts, values)
+    return torch.cat(parts)
+
+
 def per_rank_batch_size(run, world_size: int) -> int:
     """Images per process per step (`run`: a RunConfig): --batch-size, or
     --global-batch-size split evenly."""

@@ -10,6 +10,7 @@ a checkpoint every `checkpoint_every` and at the end. Only rank 0 logs and saves
 
 from __future__ import annotations
 
+import functools
 import platform
 import time
 from dataclasses import dataclass
@@ -112,6 +113,8 @@ def build_state(
             images, labels, distributed.per_rank_batch_size(config.run, placement.world_size),
             transform=recipe.train_transform, seed=config.run.seed, device=device,
             rank=placement.rank, world_size=placement.world_size,
+            hard_examples=recipe.hard_examples(),
+            gather=functools.partial(distributed.gather_batch, placement=placement),
         )  # fmt: skip
     except ValueError as e:  # a batch larger than the data set
         raise ConfigError(f"{e}: use a smaller --batch-size") from None
@@ -135,6 +138,8 @@ def forward_step(state: TrainingState, recipe: Recipe, plan: TrainingPlan) -> St
     with recipe.autocast(images.device):
         logits = state.net(images)
     loss, terms = recipe.loss(state.model, logits.float(), labels)
+    if state.batches.hard_examples is not None:  # the table hard-example selection draws from
+        state.batches.record_losses(recipe.example_losses(logits.detach().float(), labels))
     return StepResult(loss, terms, images, rates)
 
 
