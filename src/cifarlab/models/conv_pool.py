@@ -18,6 +18,9 @@ import torch.nn.functional as F
 
 
 class _ConvMaxPool(torch.autograd.Function):
+    """Forward channels-last as the plain operators; backward in NCHW (module docstring).
+    Keeps the images, the filters and the pool's indices, not the 19 MB conv output."""
+
     @staticmethod
     def forward(ctx, x, weight, bias, padding: int, kernel: int, stride: int):
         y = F.conv2d(x, weight, bias, padding=padding)
