@@ -33,7 +33,6 @@ class _OneDnnLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
         return _product(x, weight, bias)
 
     @staticmethod
@@ -42,7 +41,7 @@ class _OneDnnLinear(torch.autograd.Function):
         want_x, want_w, want_b = ctx.needs_input_grad
         grad_x = _product(g, weight.t(), None) if want_x else None  # [M, N] x [N, K]
         grad_w = _product(g.t(), x.t(), None) if want_w else None  # [N, M] x [M, K]
-        grad_b = g.sum(0) if want_b and ctx.has_bias else None
+        grad_b = g.sum(0) if want_b else None  # False when there is no bias
         return grad_x, grad_w, grad_b
 
 

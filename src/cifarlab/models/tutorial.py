@@ -58,6 +58,11 @@ def same_max_pool_unpadded(x: torch.Tensor, kernel: int = 3, stride: int = 2) ->
     return F.max_pool2d(x, kernel, stride, ceil_mode=True)
 
 
+def _call(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """layer(x): the straightforward path's fully connected layers."""
+    return layer(x)
+
+
 def _init(layer: nn.Module, std: float, bias: float) -> None:
     """Normal truncated at two standard deviations, as tf.truncated_normal_initializer."""
     nn.init.trunc_normal_(layer.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
@@ -98,7 +103,7 @@ class TutorialNet(nn.Module):
             x, pool = x.contiguous(memory_format=torch.channels_last), same_max_pool_unpadded
         x = self.norm1(self._conv1_pooled(x, pool))  # [N, 64, 12, 12]
         x = pool(self.norm2(self.conv2_relu(self.conv2(x))))  # [N, 64, 6, 6]
-        dense = linear if self.fast else (lambda x, layer: layer(x))
+        dense = linear if self.fast else _call
         x = self.local3_relu(dense(x.flatten(1), self.local3))  # [N, 384]
         x = self.local4_relu(dense(x, self.local4))  # [N, 192]
         return dense(x, self.softmax_linear)  # [N, num_classes]
