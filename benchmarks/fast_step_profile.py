@@ -67,7 +67,10 @@ def main() -> None:
     overrides = {**parse_set(args.set), "batch_size": args.batch_size, "max_steps": 10**6}
     config, recipe, cpu, state = training_state(args.recipe, overrides, seed=0, device="cpu")
     peak = matmul_peak_gflops(cpu)
-    flops = flops_per_step(config, cpu, epoch=10**6)  # a late epoch: full-size images
+    # A typical step, mid-run: the whitening bias frozen (the recipe's prepare_step), as in
+    # most of a run's steps, and full-size images (without progressive resizing).
+    state.step = config.run.max_steps // 2
+    flops = flops_per_step(config, cpu, state.step)
 
     faults: list[float] = []  # minor page faults a step: memory the kernel hands out anew
 

@@ -9,8 +9,9 @@ evaluation with the recipe's TTA) in this process, timed by the wall clock; on C
 device is synchronized first, and one untimed warm-up run comes before the timed ones.
 Training FLOPs are counted with torch's FLOP counter over one training step (forward,
 loss, backward, and the optimizer's matrix products: Muon's orthogonalization) at the run's
-batch size, once per epoch (image sizes may change), summed over the steps; the optimizer's
-element-wise work is not counted (it is under 0.1% here).
+batch size, once for each kind of step (image sizes may change between epochs, a layer may
+stop training), summed over the steps; the optimizer's element-wise work is not counted (it
+is under 0.1% here).
 """
 
 from __future__ import annotations
@@ -70,24 +71,37 @@ def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 10
     return 2 * size**3 / best / 1e9
 
 
-def flops_per_step(config, device: torch.device, epoch: int = 0) -> float:
-    """Forward + loss + backward + optimizer FLOPs of one training step at the run's batch
-    size, with the images the recipe makes in this epoch (their size may change: progressive
-    resizing). The optimizer counts only where it multiplies matrices (Muon); SGD's
-    element-wise update is not counted, as the records do not count it."""
+def run_plan(config, steps: int, train_examples: int = 50_000):
+    """The TrainingPlan of a run of `steps` steps of this configuration on the full data."""
+    from cifarlab.recipes import TrainingPlan
+
+    batch = config.run.global_batch_size or config.run.batch_size
+    return TrainingPlan(steps, train_examples // batch, batch, train_examples)
+
+
+def flops_per_step(config, device: torch.device, step: int = 0, plan=None) -> float:
+    """Forward + loss + backward + optimizer FLOPs of the run's training step `step` at the
+    run's batch size: with the images the recipe makes in that step's epoch (their size may
+    change: progressive resizing) and the model switched as the recipe switches it for that
+    step (a frozen layer needs fewer gradients). The optimizer counts only where it
+    multiplies matrices (Muon); SGD's element-wise update is not counted, as the records do
+    not count it."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from cifarlab.data.loader import BatchPosition
     from cifarlab.recipes import get_recipe
 
     recipe = get_recipe(config.recipe, config.params)
-    batch = config.run.global_batch_size or config.run.batch_size
+    plan = plan or run_plan(config, config.run.max_steps)
+    batch = plan.global_batch_size
     images = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8, device=device)
     model = recipe.build_model(10, images.cpu()).to(device)
     x = recipe.train_transform(images, torch.Generator(device).manual_seed(0),
-                               BatchPosition(epoch, 0, batch, torch.arange(batch, device=device)))  # fmt: skip
+                               BatchPosition(step // plan.steps_per_epoch, 0, batch,
+                                             torch.arange(batch, device=device)))  # fmt: skip
     labels = torch.randint(0, 10, (batch,), device=device)
     optimizer = recipe.build_optimizer(model)
+    recipe.prepare_step(model, step, plan)
     with FlopCounterMode(display=False) as counter:
         with recipe.autocast(device):
             logits = model(x)
@@ -100,26 +114,24 @@ def flops_per_step(config, device: torch.device, epoch: int = 0) -> float:
 def training_flops(config, device: torch.device, steps: int, train_examples: int = 50_000) -> float:
     """The sum over the run's steps of each step's FLOPs (the last partial batch of an epoch
     is dropped, as the trainer does). A step's count depends only on the shape of the images
-    the recipe makes in its epoch (progressive resizing changes it), so each shape is
-    counted once."""
+    the recipe makes in its epoch and on the kind of step the recipe's prepare_step names,
+    so each (shape, kind) is counted once."""
     from cifarlab.data.loader import BatchPosition
     from cifarlab.recipes import get_recipe
 
     recipe = get_recipe(config.recipe, config.params)
-    batch = config.run.global_batch_size or config.run.batch_size
-    per_epoch = train_examples // batch
+    plan = run_plan(config, steps, train_examples)
     probe = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
+    model = recipe.build_model(10, probe)  # only to ask prepare_step for each step's kind
     counts: dict[tuple, float] = {}
     total = 0.0
-    for epoch_start in range(0, steps, per_epoch):
-        epoch = epoch_start // per_epoch
-        position = BatchPosition(epoch, 0, 2, torch.arange(2))
-        shape = tuple(
-            recipe.train_transform(probe, torch.Generator().manual_seed(0), position).shape[1:]
-        )
-        if shape not in counts:
-            counts[shape] = flops_per_step(config, device, epoch)
-        total += counts[shape] * min(per_epoch, steps - epoch_start)
+    for step in range(steps):
+        position = BatchPosition(step // plan.steps_per_epoch, 0, 2, torch.arange(2))
+        shape = recipe.train_transform(probe, torch.Generator().manual_seed(0), position).shape
+        key = (tuple(shape[1:]), recipe.prepare_step(model, step, plan))
+        if key not in counts:
+            counts[key] = flops_per_step(config, device, step, plan)
+        total += counts[key]
     return total
 
 

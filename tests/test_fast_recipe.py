@@ -10,7 +10,13 @@ from cifarlab.config import build_config
 from cifarlab.data.loader import BatchPosition
 from cifarlab.models.fast import FastNet, _patches, whitening_filters
 from cifarlab.recipes import TrainingPlan, get_recipe
-from cifarlab.recipes.fast import LookaheadAverage, alternating_flip, random_flip, translate
+from cifarlab.recipes.fast import (
+    LookaheadAverage,
+    alternating_flip,
+    jitter,
+    random_flip,
+    translate,
+)
 from cifarlab.run.checkpoint import load_checkpoint
 
 
@@ -101,6 +107,55 @@ def test_translation_moves_each_image_by_its_drawn_shift_and_splits_across_ranks
             for dx in range(5)
         )
     assert torch.equal(translate(x, 0, torch.Generator(), 0, 8), x)
+
+
+def test_jitter_shifts_then_scales_each_image_by_its_own_draw_and_splits_across_ranks():
+    x = torch.randn(8, 3, 4, 4)
+    whole = jitter(x, 0.2, 0.1, torch.Generator().manual_seed(3), 0, 8)
+    halves = [
+        jitter(x[i * 4 : (i + 1) * 4], 0.2, 0.1, torch.Generator().manual_seed(3), i * 4, 8)
+        for i in range(2)
+    ]
+    assert torch.equal(torch.cat(halves), whole)  # ranks see one process's draws
+    for i in range(8):  # whole[i] = (x[i] + s) c: solve for c and s from two pixels
+        a, b = x[i].flatten()[:2], whole[i].flatten()[:2]
+        scale = (b[1] - b[0]) / (a[1] - a[0])
+        shift = b[0] / scale - a[0]
+        assert 0.9 <= scale <= 1.1 and -0.2 <= shift <= 0.2
+        torch.testing.assert_close(whole[i], (x[i] + shift) * scale, rtol=1e-4, atol=1e-4)
+    scales = [(whole[i].std() / x[i].std()).item() for i in range(8)]
+    assert len({round(s, 4) for s in scales}) == 8  # a draw per image
+    assert jitter(x, 0, 0, torch.Generator(), 0, 8) is x  # off: untouched, nothing drawn
+
+
+def test_a_frozen_whitening_bias_gets_an_exact_zero_and_leaves_the_rest_as_it_was():
+    torch.manual_seed(0)
+    net = FastNet(10, widths=(8, 16, 16))
+    x = torch.randn(4, 3, 32, 32)
+
+    def gradients(bias_trains: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        net.zero_grad(set_to_none=True)
+        net.whiten_bias_trains = bias_trains
+        logits = net(x)
+        logits.square().sum().backward()
+        return logits, {k: p.grad for k, p in net.named_parameters() if p.requires_grad}
+
+    (out_trains, trains), (out_frozen, frozen) = gradients(True), gradients(False)
+    assert torch.equal(out_trains, out_frozen)
+    assert trains["whiten.bias"].abs().sum() > 0 and torch.equal(
+        frozen["whiten.bias"], torch.zeros(24)
+    )
+    for name in trains.keys() - {"whiten.bias"}:
+        torch.testing.assert_close(frozen[name], trains[name], rtol=0, atol=0)
+    recipe = get_recipe("fast")
+    plan = TrainingPlan(max_steps=100, steps_per_epoch=10, global_batch_size=64, train_examples=640)
+    assert [recipe.prepare_step(net, s, plan) for s in (0, 29, 30, 99)] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert net.whiten_bias_trains is False
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import torch
 from cifarlab.config import build_config
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-from time_to_accuracy import flops_per_step, training_flops  # noqa: E402
+from time_to_accuracy import flops_per_step, run_plan, training_flops  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -33,6 +33,17 @@ def test_a_run_sums_each_epochs_steps_at_that_epochs_image_size():
     # Progressive resizing: the first epoch on 24-px crops, then full size; 50 examples at
     # batch 10 are 5 steps an epoch, and 12 steps end 2 steps into the third epoch.
     config = build_config("fast", {"width": 32, "batch_size": 10, "small_epochs": 1})
-    small, full = flops_per_step(config, CPU, epoch=0), flops_per_step(config, CPU, epoch=1)
+    plan = run_plan(config, 12, train_examples=50)
+    small, full = flops_per_step(config, CPU, 0, plan), flops_per_step(config, CPU, 5, plan)
     assert small < 0.7 * full
     assert training_flops(config, CPU, steps=12, train_examples=50) == 5 * small + 7 * full
+
+
+def test_once_the_whitening_bias_is_frozen_block_1_skips_its_input_gradient():
+    # 5 steps an epoch; the bias trains for the first 1.4 epochs: steps 0-6.
+    config = build_config("fast", {"width": 32, "batch_size": 10, "whiten_bias_epochs": 1.4})
+    plan = run_plan(config, 12, train_examples=50)
+    trains, frozen = flops_per_step(config, CPU, 6, plan), flops_per_step(config, CPU, 7, plan)
+    block1_input_gradient = 10 * 2 * 31 * 31 * 8 * 24 * 3 * 3  # conv 3x3, 24 -> 8 channels
+    assert trains - frozen == block1_input_gradient
+    assert training_flops(config, CPU, steps=12, train_examples=50) == 7 * trains + 5 * frozen

@@ -17,6 +17,7 @@ their biases train; logits are scaled down so the initial predictions are near u
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 LOGIT_SCALE = 1 / 9  # keeps initial logits small: softmax near uniform at the start
@@ -87,6 +88,10 @@ class FastNet(nn.Module):
             *[ConvBlock(channels[i], channels[i + 1], bn_momentum) for i in range(len(widths))]
         )
         self.head = nn.Linear(widths[-1], num_classes, bias=False)
+        # The recipe switches this off once the whitening bias stops training: then no
+        # gradient flows back into the whitening output, and block 1's first convolution
+        # skips its input gradient (4-7% of a training step's FLOPs).
+        self.whiten_bias_trains = True
 
     @torch.no_grad()
     def init_whitening(self, images: torch.Tensor) -> None:
@@ -95,9 +100,18 @@ class FastNet(nn.Module):
         self.whiten.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.activation(self.whiten(x)))  # [N, 256, 3, 3]
+        bias = self.whiten.bias
+        frozen = self.training and not self.whiten_bias_trains and bias.requires_grad
+        x = F.conv2d(x, self.whiten.weight, bias.detach() if frozen else bias)
+        x = self.blocks(self.activation(x))  # [N, 256, 3, 3]
         x = torch.amax(x, dim=(2, 3))  # [N, 256]
-        return self.head(x) * LOGIT_SCALE
+        logits = self.head(x) * LOGIT_SCALE
+        if frozen:
+            # DistributedDataParallel waits for a gradient of every parameter that requires
+            # one: give the frozen bias an exact zero, without the backward pass through
+            # block 1 that its real gradient would cost.
+            logits = logits + 0.0 * bias.sum()
+        return logits
 
     def activation_points(self) -> dict[str, nn.Module]:
         return {f"block{i + 1}": block for i, block in enumerate(self.blocks)}

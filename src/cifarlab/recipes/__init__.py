@@ -12,6 +12,9 @@ default, unit, why) and a `Recipe` subclass registered by name. It provides:
   tta_logits(model, x)                       logits averaged over the recipe's views
   loss(model, logits, labels)                -> (total, {term name: value}) for the summaries
   build_optimizer(model), learning_rates(step, plan)   one rate per parameter group, pure
+  prepare_step(model, step, plan)            per-step switches of the model (a function of
+                                             the step, so resume is exact); returns a key
+                                             naming the kind of step, for FLOP counting
   weight_average(model, plan)                see cifarlab.averaging, or None (plan: None
                                              when a trained run is only being read)
   compute_dtype(device)                      autocast dtype, or None for float32
@@ -23,6 +26,7 @@ and data: `run_defaults` (run fields this recipe wants by default, such as its b
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -74,6 +78,13 @@ class Recipe:
 
     def learning_rates(self, step: int, plan: TrainingPlan) -> list[float]:
         raise NotImplementedError
+
+    def prepare_step(self, model: nn.Module, step: int, plan: TrainingPlan) -> Hashable:
+        """Called before each training step's forward pass, with the unwrapped model: set any
+        switches that depend on the step (never on history, so a resumed run sets the same).
+        Returns a key for the kind of step: steps of one kind, on images of one shape, cost
+        the same FLOPs (benchmarks/time_to_accuracy.py counts one of each)."""
+        return None
 
     def weight_average(self, model: nn.Module, plan: TrainingPlan | None):
         return None

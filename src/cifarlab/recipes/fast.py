@@ -73,6 +73,14 @@ class Params:
         choices=("alternating", "random", "none"),
     )
     translate: int = setting(2, "random translation, pixels, reflect-padded", at_least=0, at_most=4)
+    brightness: float = setting(
+        0.0, "random brightness: each image shifted by up to +-this, in units of the channel's "
+        "standard deviation (0: off)", at_least=0,
+    )  # fmt: skip
+    contrast: float = setting(
+        0.0, "random contrast: each image scaled by 1 +- up to this about the data set's mean "
+        "(0: off)", at_least=0, below=1,
+    )  # fmt: skip
     whitening: bool = setting(
         True, "first layer frozen to the patches' whitening transform (false: learned, "
         "default-initialized: an ablation)",
@@ -160,6 +168,23 @@ def translate(
     return out
 
 
+def jitter(
+    x: torch.Tensor, brightness: float, contrast: float, generator: torch.Generator,
+    offset: int, total: int,
+) -> torch.Tensor:  # fmt: skip
+    """Each image shifted by s ~ U(-brightness, brightness), then scaled by
+    c ~ U(1 - contrast, 1 + contrast): (x + s) c, in standardized units, so the scaling is
+    about the data set's mean. Drawn for the whole global batch, this rank's slice taken."""
+    if brightness == 0 and contrast == 0:
+        return x
+    b = x.shape[0]
+    drawn = torch.rand(2, total, generator=generator, device=generator.device)
+    drawn = (2 * drawn[:, offset : offset + b] - 1).to(x.device)  # U(-1, 1)
+    scale = (1 + contrast * drawn[1]).view(-1, 1, 1, 1)
+    shift = brightness * drawn[0].view(-1, 1, 1, 1)
+    return torch.addcmul(shift * scale, x, scale)
+
+
 def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """x moved by one pixel (dy, dx in -1, 0, 1), reflect-padded: a TTA view."""
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
@@ -231,9 +256,9 @@ class Fast(Recipe):
         flip = self.flip_mask(generator, position, len(x))
         if flip is not None:
             x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
-        x = translate(
-            x, self.params.translate, generator, position.offset, position.global_batch_size
-        )
+        offset, total = position.offset, position.global_batch_size
+        x = translate(x, self.params.translate, generator, offset, total)
+        x = jitter(x, self.params.brightness, self.params.contrast, generator, offset, total)
         size = self.train_image_size(position.epoch)
         if (
             size < x.shape[-1]
@@ -257,6 +282,13 @@ class Fast(Recipe):
 
     def eval_preprocess(self) -> nn.Module:
         return Normalize()
+
+    def whiten_bias_trains(self, step: int, plan: TrainingPlan) -> bool:
+        return step < self.params.whiten_bias_epochs * plan.steps_per_epoch
+
+    def prepare_step(self, model: nn.Module, step: int, plan: TrainingPlan) -> bool:
+        model.whiten_bias_trains = self.whiten_bias_trains(step, plan)
+        return model.whiten_bias_trains
 
     def hard_examples(self) -> HardExamples | None:
         if self.params.hard_keep >= 1:
@@ -313,8 +345,8 @@ class Fast(Recipe):
             done = (progress - p.warmup_fraction) / (1 - p.warmup_fraction)
             factor = 1 + (p.final_lr_fraction - 1) * done
         rate = base * factor
-        whiten_training = step < p.whiten_bias_epochs * plan.steps_per_epoch
-        rates = [rate, rate * p.bias_lr_scale, rate if whiten_training else 0.0]
+        whiten_rate = rate if self.whiten_bias_trains(step, plan) else 0.0
+        rates = [rate, rate * p.bias_lr_scale, whiten_rate]
         if p.conv_optimizer == "muon":  # the same shape over the run, not scaled by the batch
             rates.append(p.muon_lr * factor)
         return rates

@@ -132,6 +132,7 @@ def build_state(
 def forward_step(state: TrainingState, recipe: Recipe, plan: TrainingPlan) -> StepResult:
     """Set this step's learning rates, draw the batch, run forward and the loss."""
     rates = recipe.learning_rates(state.step, plan)
+    recipe.prepare_step(state.model, state.step, plan)
     for group, rate in zip(state.optimizer.param_groups, rates, strict=True):
         group["lr"] = rate
     images, labels = state.batches.next_batch()
