@@ -53,9 +53,8 @@ class LocalResponseNorm(nn.Module):
 
 def _inverse_power(s: torch.Tensor, beta: float) -> torch.Tensor:
     """s ** -beta; for the tutorial's 0.75 as two square roots, cheaper than a general pow."""
-    if beta == 0.75:
-        root = torch.sqrt(s)
-        return torch.rsqrt(s * root)  # s^-(1 + 1/2) / 2 = s^-0.75
+    if beta == 0.75:  # s^-(1 + 1/2) / 2 = s^-0.75, in place on one new tensor
+        return torch.sqrt(s).mul_(s).rsqrt_()
     return s.pow(-beta)
 
 
@@ -83,16 +82,18 @@ class _LRNChannelsLast(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, radius: int, bias: float, alpha: float, beta: float):
         y, s, p, band = _lrn_forward(x, radius, bias, alpha, beta)
+        x = x.contiguous(memory_format=torch.channels_last)
         ctx.save_for_backward(x, s, p, band)  # band includes alpha
         ctx.beta = beta
         return y
 
     @staticmethod
     def backward(ctx, g):
+        # Four passes over the activations besides the window sum, two of them in place.
         x, s, p, band = ctx.saved_tensors
-        g = g.contiguous(memory_format=torch.channels_last)
-        window = _window_sum(g * x * p / s, band)
-        return g * p - (2 * ctx.beta) * x * window, None, None, None, None
+        gp = g.contiguous(memory_format=torch.channels_last) * p
+        window = _window_sum(torch.mul(gp, x).div_(s), band)
+        return gp.addcmul_(x, window, value=-2 * ctx.beta), None, None, None, None
 
 
 def _lrn_forward(x, radius, bias, alpha, beta):
