@@ -4,11 +4,12 @@ its predecessors); no code of theirs.
 
 Network (models/fast.py): a frozen whitening stem, three conv-pool-BatchNorm blocks.
 Training: the whole batch normalized once; alternating flip (each image mirrored in every
-other epoch); translation by up to 2 pixels (reflect padding). Label-smoothed
-cross-entropy; Nesterov SGD with decoupled weight decay, BatchNorm biases at a larger rate,
-the whitening bias trained only at first; a warm-up then a linear decay to zero over the
-run; a lookahead average written back into the weights every few steps. Evaluation: the
-image, its mirror and two 1-pixel shifts, averaged.
+other epoch); translation by up to 2 pixels (reflect padding); optionally brightness and
+contrast jitter (off by default). Label-smoothed cross-entropy; Nesterov SGD with
+decoupled weight decay, BatchNorm biases at a larger rate, the whitening bias trained only
+at first (then frozen, its gradient no longer computed); a warm-up then a linear decay to
+zero over the run; a lookahead average written back into the weights every few steps.
+Evaluation: the image, its mirror and two 1-pixel shifts, averaged.
 
 `conv_optimizer=muon` trains the convolution filters with Muon (cifarlab/muon.py) instead;
 the `fast-muon` recipe is this recipe with that and airbench94-Muon's settings.

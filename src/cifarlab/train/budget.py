@@ -43,7 +43,9 @@ def steps_for_budget(config: TrainConfig, minutes: float, train_examples: int = 
     optimizer = recipe.build_optimizer(model)
 
     # Timed as a late epoch: a recipe whose early epochs are cheaper (progressive resizing)
-    # gets a conservative estimate rather than an optimistic one.
+    # gets a conservative estimate rather than an optimistic one. The model keeps its
+    # first steps' switches (recipe.prepare_step is not called): the fast recipes' whitening
+    # bias still trains, the costlier kind of step, conservative too.
     def late_epoch_transform(x, generator, position):
         return recipe.train_transform(
             x, generator, replace(position, epoch=position.epoch + LATE_EPOCH)
