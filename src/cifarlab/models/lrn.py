@@ -81,9 +81,8 @@ class _LRNChannelsLast(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, radius: int, bias: float, alpha: float, beta: float):
-        y, s, p, band = _lrn_forward(x, radius, bias, alpha, beta)
-        x = x.contiguous(memory_format=torch.channels_last)
-        ctx.save_for_backward(x, s, p, band)  # band includes alpha
+        y, x, s, p, band = _lrn_forward(x, radius, bias, alpha, beta)
+        ctx.save_for_backward(x, s, p, band)  # x channels_last; band includes alpha
         ctx.beta = beta
         return y
 
@@ -97,12 +96,13 @@ class _LRNChannelsLast(torch.autograd.Function):
 
 
 def _lrn_forward(x, radius, bias, alpha, beta):
+    """-> y, and what the backward needs: x channels_last, s, p and the band (times alpha)."""
     x = x.contiguous(memory_format=torch.channels_last)
     c = x.shape[1]
     band = _band(c, radius, x.device, x.dtype) * alpha
     s = _window_sum(x * x, band, torch.full((c,), bias, dtype=x.dtype, device=x.device))
     p = _inverse_power(s, beta)
-    return x * p, s, p, band
+    return x * p, x, s, p, band
 
 
 def local_response_norm_channels_last(

@@ -130,11 +130,12 @@ def build_state(
 
 
 def forward_step(state: TrainingState, recipe: Recipe, plan: TrainingPlan) -> StepResult:
-    """Set this step's learning rates, draw the batch, run forward and the loss."""
+    """Set this step's learning rates and the model's switches, draw the batch, run forward
+    and the loss."""
     rates = recipe.learning_rates(state.step, plan)
-    recipe.prepare_step(state.model, state.step, plan)
     for group, rate in zip(state.optimizer.param_groups, rates, strict=True):
         group["lr"] = rate
+    recipe.prepare_step(state.model, state.step, plan)
     images, labels = state.batches.next_batch()
     with recipe.autocast(images.device):
         logits = state.net(images)
