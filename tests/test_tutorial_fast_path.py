@@ -2,14 +2,21 @@
 parameter gradients, the pooling, the LRN, the first convolution with its pool and the
 oneDNN fully connected layers on their own, and a few real training steps."""
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from cifarlab.models import onednn_linear
+from cifarlab.models import native, onednn_linear
 from cifarlab.models.conv_pool import conv_then_max_pool
-from cifarlab.models.lrn import local_response_norm, local_response_norm_channels_last
+from cifarlab.models.lrn import (
+    _LRNChannelsLast,
+    _NativeLRN,
+    local_response_norm,
+    local_response_norm_channels_last,
+)
 from cifarlab.models.tutorial import TutorialNet, same_max_pool, same_max_pool_unpadded
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -63,6 +70,102 @@ def test_channels_last_lrn_passes_gradcheck_and_equals_the_reference():
     torch.autograd.gradcheck(lambda t: local_response_norm_channels_last(t, radius=2), (x,))
     torch.autograd.gradcheck(lambda t: local_response_norm_channels_last(t, beta=0.6), (x,))
     torch.testing.assert_close(local_response_norm_channels_last(x), local_response_norm(x))
+
+
+# Where a compiler and ninja are installed (CI, our machines) the kernel must build: a
+# silent fallback would hide a broken kernel behind the slower path.
+BUILDS_HERE = bool(shutil.which("c++") and shutil.which("ninja"))
+
+
+@pytest.mark.skipif(not BUILDS_HERE, reason="no C++ compiler or ninja: the PyTorch path serves")
+@pytest.mark.parametrize("radius", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("channels", [64, 7, 3])
+def test_native_lrn_equals_the_float64_reference(radius, channels):
+    assert native.kernels() is not None
+    torch.manual_seed(radius)
+    x = (torch.randn(3, channels, 5, 4) * 10).contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(3, channels, 5, 4)
+    x32 = x.clone().requires_grad_()
+    out = local_response_norm_channels_last(x32, radius=radius)
+    assert type(out.grad_fn).__name__ == _NativeLRN.__name__ + "Backward"
+    out.backward(upstream)
+    x64 = x.double().requires_grad_()
+    want = local_response_norm(x64, radius=radius)
+    want.backward(upstream.double())
+    torch.testing.assert_close(out.double(), want.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x32.grad.double(), x64.grad, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # evaluation: the kernel's forward alone
+        torch.testing.assert_close(
+            local_response_norm_channels_last(x, radius=radius), out.detach(), rtol=0, atol=0
+        )
+
+
+def test_the_pytorch_lrn_serves_where_the_native_kernel_does_not(monkeypatch):
+    x = torch.randn(2, 8, 3, 3, requires_grad=True)
+    # Outside the kernel's cover: float64, another beta, a radius it was not compiled for.
+    for t, kwargs in [(x.double(), {}), (x, {"beta": 0.6}), (x, {"radius": 6})]:
+        assert (
+            type(local_response_norm_channels_last(t, **kwargs).grad_fn).__name__
+            == "_LRNChannelsLastBackward"
+        )
+    # Switched off by the environment: the same function through PyTorch's ops.
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_kernels", None)
+    monkeypatch.setenv("CIFARLAB_NATIVE", "0")
+    out = local_response_norm_channels_last(x)
+    assert native.kernels() is None
+    assert type(out.grad_fn).__name__ == _LRNChannelsLast.__name__ + "Backward"
+    torch.testing.assert_close(out, local_response_norm(x))
+
+
+def test_a_kernel_that_cannot_be_built_warns_once_and_leaves_the_pytorch_path(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_kernels", None)
+    monkeypatch.setattr(native, "SOURCE", tmp_path / "missing.cpp")
+    monkeypatch.setattr(native, "_cpu_tag", lambda: "test-missing-source")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "build"))
+    with pytest.warns(UserWarning, match="native kernels unavailable"):
+        assert native.kernels() is None
+    assert native.kernels() is None  # asked once: no second warning, no second build
+
+
+@pytest.mark.skipif(not BUILDS_HERE, reason="no C++ compiler or ninja: the PyTorch path serves")
+@pytest.mark.parametrize("shape", [(4, 64, 24, 24), (3, 5, 7, 7), (2, 1, 6, 6), (2, 3, 3, 4)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_native_max_pool_backward_equals_pytorchs(shape, channels_last):
+    torch.manual_seed(0)
+    y = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    pooled, indices = F.max_pool2d(y, 3, 2, ceil_mode=True, return_indices=True)
+    grad = torch.randn(pooled.shape)  # NCHW, as flatten's backward hands it over
+    got = native.kernels().max_pool_backward(grad, indices, *shape[2:], channels_last)
+    expected = torch.ops.aten.max_pool2d_with_indices_backward(
+        grad, y.contiguous(), [3, 3], [2, 2], [0, 0], [1, 1], True, indices.contiguous()
+    )
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert got.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    bad = indices.clone()
+    bad[-1, -1, 0, 1] = shape[2] * shape[3]  # one past the plane: refused, nothing written
+    with pytest.raises(RuntimeError, match="outside"):
+        native.kernels().max_pool_backward(grad, bad, *shape[2:], channels_last)
+
+
+def test_max_pool_clipped_passes_gradcheck_on_both_paths():
+    from cifarlab.models.max_pool import max_pool_clipped
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 7, 7).contiguous(memory_format=torch.channels_last)
+    for t in (x.double(), x):  # float64: PyTorch's ops; float32: the native kernels here
+        t = t.clone().requires_grad_()
+        out = max_pool_clipped(t)
+        torch.testing.assert_close(out, F.max_pool2d(t, 3, 2, ceil_mode=True))
+        upstream = torch.randn_like(out)
+        (grad,) = torch.autograd.grad((out * upstream).sum(), t)
+        (want,) = torch.autograd.grad((F.max_pool2d(t, 3, 2, ceil_mode=True) * upstream).sum(), t)
+        torch.testing.assert_close(grad, want)
+    torch.autograd.gradcheck(max_pool_clipped, (x.double().requires_grad_(),))
 
 
 @pytest.mark.parametrize("size", [24, 12, 6])

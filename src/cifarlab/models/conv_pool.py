@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .max_pool import max_pool_backward
+
 
 class _ConvMaxPool(torch.autograd.Function):
     """Forward channels-last as the plain operators; backward in NCHW (module docstring).
@@ -33,13 +35,9 @@ class _ConvMaxPool(torch.autograd.Function):
     def backward(ctx, grad_pooled):
         x, weight, indices = ctx.saved_tensors
         padding, kernel, stride, has_bias = ctx.options
-        # The pool's input is only a shape to this operator; its indices and gradient are
-        # read in NCHW, so the convolution's output gradient is written in NCHW.
-        shape_only = torch.empty(ctx.conv_shape, dtype=grad_pooled.dtype, device=grad_pooled.device)
-        grad_conv = torch.ops.aten.max_pool2d_with_indices_backward(
-            grad_pooled.contiguous(), shape_only, [kernel, kernel], [stride, stride], [0, 0],
-            [1, 1], True, indices.contiguous(),
-        )  # fmt: skip
+        # The convolution's output gradient is written in NCHW, where its weight gradient
+        # runs fastest.
+        grad_conv = max_pool_backward(grad_pooled, indices, ctx.conv_shape, kernel, stride, False)
         want_x, want_w, want_b = ctx.needs_input_grad[:3]
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
             grad_conv, x.contiguous(), weight.contiguous(), [weight.shape[0]] if has_bias else None,

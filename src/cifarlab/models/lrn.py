@@ -8,6 +8,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
+
+from . import native
 
 
 def _band(channels: int, radius: int, device, dtype) -> torch.Tensor:
@@ -105,13 +108,45 @@ def _lrn_forward(x, radius, bias, alpha, beta):
     return x * p, x, s, p, band
 
 
+class _NativeLRN(torch.autograd.Function):
+    """The same function again, as one native kernel each way (cpu_kernels.cpp): one read
+    and one write of the activations forward, two reads and a write backward. Keeps only x:
+    the backward recomputes s from it."""
+
+    @staticmethod
+    def forward(ctx, x, radius: int, bias: float, alpha: float):
+        x = x.contiguous(memory_format=torch.channels_last)
+        ctx.save_for_backward(x)
+        ctx.window = radius, bias, alpha
+        return native.kernels().lrn_forward(x, radius, bias, alpha)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        g = g.contiguous(memory_format=torch.channels_last)
+        return native.kernels().lrn_backward(g, x, *ctx.window), None, None, None
+
+
+def _native_applies(x: torch.Tensor, radius: int, beta: float) -> bool:
+    """The native kernel covers the tutorial's beta and radii up to 5 (and what
+    native.serves covers)."""
+    return beta == 0.75 and 1 <= radius <= 5 and x.dim() == 4 and native.serves(x)
+
+
 def local_response_norm_channels_last(
     x: torch.Tensor, radius: int = 4, bias: float = 1.0, alpha: float = 0.001 / 9,
     beta: float = 0.75,
 ) -> torch.Tensor:  # fmt: skip
     """local_response_norm, fast on channels_last tensors (any layout is accepted); the
-    output is channels_last. Plain tensor ops when no gradient is needed or when traced
+    output is channels_last. The native kernel where it applies; else PyTorch ops with a
+    written-out backward, or plain tensor ops when no gradient is needed or when traced
     (TorchScript cannot save a Python autograd.Function)."""
+    if _native_applies(x, radius, beta):
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _NativeLRN.apply(x, radius, bias, alpha)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return native.kernels().lrn_forward(x, radius, bias, alpha)
     if torch.is_grad_enabled() and x.requires_grad and not torch.jit.is_tracing():
         return _LRNChannelsLast.apply(x, radius, bias, alpha, beta)
     return _lrn_forward(x, radius, bias, alpha, beta)[0]

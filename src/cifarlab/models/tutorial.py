@@ -23,6 +23,7 @@ from torch import nn
 
 from .conv_pool import conv_then_max_pool
 from .lrn import LocalResponseNorm
+from .max_pool import max_pool_clipped
 from .onednn_linear import linear
 
 
@@ -55,7 +56,7 @@ def same_max_pool_unpadded(x: torch.Tensor, kernel: int = 3, stride: int = 2) ->
     which is what a -inf pad does. Falls back to same_max_pool otherwise."""
     if not _pads_at_end(x, kernel, stride):
         return same_max_pool(x, kernel, stride)
-    return F.max_pool2d(x, kernel, stride, ceil_mode=True)
+    return max_pool_clipped(x, kernel, stride)
 
 
 def _call(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
