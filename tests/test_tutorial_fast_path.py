@@ -94,6 +94,11 @@ def test_native_lrn_equals_the_float64_reference(radius, channels):
     want.backward(upstream.double())
     torch.testing.assert_close(out.double(), want.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(x32.grad.double(), x64.grad, rtol=1e-4, atol=1e-6)
+    empty = torch.empty(0, channels, 5, 4).contiguous(memory_format=torch.channels_last)
+    assert (
+        local_response_norm_channels_last(empty.requires_grad_(), radius=radius).shape
+        == empty.shape
+    )
     with torch.no_grad():  # evaluation: the kernel's forward alone
         torch.testing.assert_close(
             local_response_norm_channels_last(x, radius=radius), out.detach(), rtol=0, atol=0

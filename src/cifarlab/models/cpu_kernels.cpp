@@ -108,6 +108,7 @@ void check(const torch::Tensor& t, const char* name) {
 torch::Tensor lrn_forward(const torch::Tensor& x, int64_t radius, double bias, double alpha) {
   check(x, "x");
   auto y = torch::empty_like(x, at::MemoryFormat::ChannelsLast);
+  if (x.numel() == 0) return y;
   const int64_t C = x.size(1), P = x.numel() / C;
   CIFARLAB_FOR_RADIUS(radius, run_forward<R>(x.data_ptr<float>(), y.data_ptr<float>(), P, C,
                                              bias, alpha));
@@ -120,6 +121,7 @@ torch::Tensor lrn_backward(const torch::Tensor& g, const torch::Tensor& x, int64
   check(g, "the gradient");
   TORCH_CHECK(g.sizes() == x.sizes(), "the gradient's shape must be x's");
   auto dx = torch::empty_like(x, at::MemoryFormat::ChannelsLast);
+  if (x.numel() == 0) return dx;
   const int64_t C = x.size(1), P = x.numel() / C;
   CIFARLAB_FOR_RADIUS(radius, run_backward<R>(x.data_ptr<float>(), g.data_ptr<float>(),
                                               dx.data_ptr<float>(), P, C, bias, alpha));
