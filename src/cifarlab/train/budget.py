@@ -43,17 +43,15 @@ def steps_for_budget(config: TrainConfig, minutes: float, train_examples: int = 
     optimizer = recipe.build_optimizer(model)
 
     # Timed as a late epoch: a recipe whose early epochs are cheaper (progressive resizing)
-    # gets a conservative estimate rather than an optimistic one. The model keeps its
-    # first steps' switches (recipe.prepare_step is not called): the fast recipes' whitening
-    # bias still trains, the costlier kind of step, conservative too.
+    # gets a conservative estimate rather than an optimistic one.
     def late_epoch_transform(x, generator, position):
         return recipe.train_transform(
             x, generator, replace(position, epoch=position.epoch + LATE_EPOCH)
         )
 
     batches = TrainBatches(images, labels, batch, transform=late_epoch_transform, device=device)
-    plan = TrainingPlan(1000, batches.steps_per_epoch, batch, 2 * batch)
-    for group, rate in zip(optimizer.param_groups, recipe.learning_rates(0, plan), strict=True):
+    timing_plan = TrainingPlan(1000, batches.steps_per_epoch, batch, 2 * batch)
+    for group, rate in zip(optimizer.param_groups, recipe.learning_rates(0, timing_plan), strict=True):  # fmt: skip
         group["lr"] = rate * 1e-6  # time the real update without wrecking the weights
 
     def step() -> None:
@@ -65,26 +63,44 @@ def steps_for_budget(config: TrainConfig, minutes: float, train_examples: int = 
         loss.backward()
         optimizer.step()
 
-    step_seconds = _timed(step, 3)
-    model.eval()
+    # Each kind of step the recipe names (prepare_step: e.g. the fast recipes' whitening bias
+    # training, then frozen, which skips a layer's input gradient) is timed once, with the
+    # model switched as the run will switch it.
+    steps_per_epoch = train_examples // batch
+    run_plan = TrainingPlan(10**9, steps_per_epoch, batch, train_examples)  # its length: sought
+    seconds_by_kind: dict = {}
+
+    def step_seconds(at_step: int) -> float:
+        kind = recipe.prepare_step(model, at_step, run_plan)
+        if kind not in seconds_by_kind:
+            model.train()
+            seconds_by_kind[kind] = _timed(step, 3)
+        return seconds_by_kind[kind]
+
+    step_seconds(0)  # the first kind before the evaluation; any later one when reached
     preprocess = recipe.eval_preprocess().to(device)
     eval_batch = config.run.eval_batch_size
     sample = images[:eval_batch].to(device)
 
     @torch.no_grad()
     def evaluate() -> None:
+        model.eval()
         with recipe.autocast(device):
             x = preprocess(sample)
             recipe.tta_logits(model, x) if recipe.final_eval_tta else model(x)
 
     eval_seconds = _timed(evaluate, 1) * test_examples / sample.shape[0]
-    steps_per_epoch = train_examples // batch
     spare = minutes * 60 - STARTUP_SECONDS - eval_seconds
-    steps = int(spare / step_seconds) if spare > 0 else 0
+    steps, spent = 0, 0.0
+    while spent + step_seconds(steps) <= spare:
+        spent += step_seconds(steps)
+        steps += 1
     if steps < steps_per_epoch:
+        epoch = sum(step_seconds(s) for s in range(steps_per_epoch))
         raise ConfigError(f"--budget {minutes:g} min: one epoch takes about "
-                          f"{(step_seconds * steps_per_epoch + eval_seconds + STARTUP_SECONDS) / 60:.1f} min "
+                          f"{(epoch + eval_seconds + STARTUP_SECONDS) / 60:.1f} min "
                           "on this machine; give more time")  # fmt: skip
-    log(f"budget {minutes:g} min: {step_seconds:.2f} s a step, about {eval_seconds:.0f} s to evaluate; "
+    per_step = ", ".join(f"{t:.2f}" for t in seconds_by_kind.values())
+    log(f"budget {minutes:g} min: {per_step} s a step, about {eval_seconds:.0f} s to evaluate; "
         f"{steps} steps ({steps / steps_per_epoch:.1f} epochs) fit")  # fmt: skip
     return steps
