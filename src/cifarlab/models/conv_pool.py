@@ -3,12 +3,11 @@ for the CPU.
 
 Channels-last is oneDNN's fast layout for the forward pass, but for a convolution with 3
 input channels its weight gradient is 2x slower channels-last than in NCHW (about 5 against
-2.2-2.4 ms at the tutorial's [128, 3, 24, 24] on our AMD EPYC), and the pool's backward, which
-writes the 19 MB gradient of the convolution's output, is faster in NCHW too. The
-backward here therefore turns the small things (the pooled gradient, the pool's indices,
-the images) into NCHW and leaves the large one to be written there directly; the forward
-stays channels-last. The function computed is the same: convolution (stride 1, SAME), then
-max-pool with TensorFlow's SAME padding where all of it falls at the end (ceil_mode).
+2.2-2.4 ms at the tutorial's [128, 3, 24, 24] on our AMD EPYC). The backward here therefore
+has the pool's backward (max_pool.py) write the 19 MB gradient of the convolution's output
+directly in NCHW, and turns only the images into NCHW; the forward stays channels-last.
+The function computed is the same: convolution (stride 1, SAME), then max-pool with
+TensorFlow's SAME padding where all of it falls at the end (ceil_mode).
 """
 
 from __future__ import annotations

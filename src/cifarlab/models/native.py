@@ -1,9 +1,10 @@
 """Native CPU kernels (cpu_kernels.cpp), compiled on first use with PyTorch's C++-extension
 builder and cached per machine (under ~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR).
 
-The build needs a C++ compiler, ninja and Python's headers. Where any is missing, or with
-CIFARLAB_NATIVE=0 in the environment, `kernels()` returns None after one warning and the
-callers keep their PyTorch implementation: the same function, slower.
+The build needs a C++ compiler, ninja and Python's headers. Where any is missing,
+`kernels()` warns once and returns None, and the callers keep their PyTorch
+implementation: the same function, slower. CIFARLAB_NATIVE=0 in the environment asks for
+that path outright (for A/B measurements).
 
 The kernels are compiled for this CPU (-march=native), so the cache is keyed by the CPU's
 model and instruction-set flags: a machine that moves to another CPU builds its own copy

@@ -72,11 +72,11 @@ def _init(layer: nn.Module, std: float, bias: float) -> None:
 
 class TutorialNet(nn.Module):
     """`fast=True`: the same function computed faster on CPUs: channels_last activations
-    (oneDNN's native layout), the LRN with its own backward (lrn.py), SAME pooling
-    without a padded copy, ReLUs in place, conv1's ReLU after its pool and the pair's
-    backward in NCHW (conv_pool.py), the fully connected layers on oneDNN
-    (onednn_linear.py). `fast=False`: the straightforward reference, which tests compare
-    against."""
+    (oneDNN's native layout), the LRN as a native kernel each way (lrn.py, native.py),
+    SAME pooling without a padded copy and with a native backward (max_pool.py), ReLUs in
+    place, conv1's ReLU after its pool and its backward in NCHW (conv_pool.py), the fully
+    connected layers on oneDNN (onednn_linear.py). `fast=False`: the straightforward
+    reference, which tests compare against."""
 
     def __init__(self, num_classes: int = 10, fast: bool = True) -> None:
         super().__init__()
