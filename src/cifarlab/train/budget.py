@@ -20,19 +20,27 @@ from ..errors import ConfigError
 from ..recipes import TrainingPlan, get_recipe
 
 STARTUP_SECONDS = 15.0  # imports, data loading and checking, writing the first files
+# A real run's steps measured up to 3% slower than the timing run's (BENCHMARKS.md: 3.25 s
+# timed, 3.26-3.39 s in the run), so each step is priced 3% above its timing.
+STEP_MARGIN = 1.03
 LATE_EPOCH = 1000  # an even number: epoch parity (alternating flip) is kept
+
+
+def _clock() -> float:
+    return time.perf_counter()
 
 
 def _timed(fn, repeats: int) -> float:
     fn()  # warm-up: allocator, caches, lazy initialisation
-    start = time.perf_counter()
+    start = _clock()
     for _ in range(repeats):
         fn()
-    return (time.perf_counter() - start) / repeats
+    return (_clock() - start) / repeats
 
 
 def steps_for_budget(config: TrainConfig, minutes: float, train_examples: int = 50_000,
                      test_examples: int = 10_000, device: torch.device | None = None, log=print) -> int:  # fmt: skip
+    begun = _clock()  # the timing run is part of the budget too
     device = device or torch.device("cpu")
     recipe = get_recipe(config.recipe, config.params)
     batch = config.run.global_batch_size or config.run.batch_size
@@ -74,10 +82,13 @@ def steps_for_budget(config: TrainConfig, minutes: float, train_examples: int = 
         kind = recipe.prepare_step(model, at_step, run_plan)
         if kind not in seconds_by_kind:
             model.train()
-            seconds_by_kind[kind] = _timed(step, 3)
+            seconds_by_kind[kind] = _timed(step, 3) * STEP_MARGIN
         return seconds_by_kind[kind]
 
-    step_seconds(0)  # the first kind before the evaluation; any later one when reached
+    # Every kind a run could reach, timed now, so that the budget's remainder is known: the
+    # longest possible run is bounded by the first kind's count, doubled for safety.
+    for at_step in range(int(2 * minutes * 60 / step_seconds(0)) + 1):
+        step_seconds(at_step)
     preprocess = recipe.eval_preprocess().to(device)
     eval_batch = config.run.eval_batch_size
     sample = images[:eval_batch].to(device)
@@ -90,7 +101,7 @@ def steps_for_budget(config: TrainConfig, minutes: float, train_examples: int = 
             recipe.tta_logits(model, x) if recipe.final_eval_tta else model(x)
 
     eval_seconds = _timed(evaluate, 1) * test_examples / sample.shape[0]
-    spare = minutes * 60 - STARTUP_SECONDS - eval_seconds
+    spare = minutes * 60 - STARTUP_SECONDS - eval_seconds - (_clock() - begun)
     steps, spent = 0, 0.0
     while spent + step_seconds(steps) <= spare:
         spent += step_seconds(steps)
