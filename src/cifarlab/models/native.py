@@ -63,6 +63,8 @@ def kernels() -> ModuleType | None:
                         verbose=False)  # fmt: skip
     except Exception as error:  # a missing compiler, ninja or header: keep the PyTorch path
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if len(reason) > 160:  # a failed build's first line carries the whole compiler command
+            reason = reason[:157] + "..."
         warnings.warn(f"native kernels unavailable, using PyTorch's ops instead: {reason}",
                       stacklevel=2)  # fmt: skip
         return None
