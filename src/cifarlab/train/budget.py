@@ -86,8 +86,9 @@ def steps_for_budget(config: TrainConfig, minutes: float, train_examples: int = 
         return seconds_by_kind[kind]
 
     # Every kind a run could reach, timed now, so that the budget's remainder is known: the
-    # longest possible run is bounded by the first kind's count, doubled for safety.
-    for at_step in range(int(2 * minutes * 60 / step_seconds(0)) + 1):
+    # longest possible run is bounded by the first kind's count, doubled for safety (and
+    # capped: a million steps of asking prepare_step take about a second).
+    for at_step in range(min(int(2 * minutes * 60 / step_seconds(0)) + 1, 10**6)):
         step_seconds(at_step)
     preprocess = recipe.eval_preprocess().to(device)
     eval_batch = config.run.eval_batch_size
