@@ -105,6 +105,30 @@ def test_native_lrn_equals_the_float64_reference(radius, channels):
         )
 
 
+@pytest.mark.skipif(not BUILDS_HERE, reason="no C++ compiler or ninja: the PyTorch path serves")
+@pytest.mark.parametrize("x_layout", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("g_layout", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("channels_last_out", [True, False])
+def test_native_lrn_reads_and_writes_either_layout(x_layout, g_layout, channels_last_out):
+    """NCHW in and out is how the LRNs meet the Fourier convolution (fft_conv.py): the
+    values are the channels-last kernel's, the output in the layout asked for, the input
+    gradient in x's."""
+    torch.manual_seed(1)
+    x = (torch.randn(3, 64, 5, 4) * 10).contiguous(memory_format=x_layout).requires_grad_()
+    upstream = torch.randn(3, 64, 5, 4).contiguous(memory_format=g_layout)
+    out = local_response_norm_channels_last(x, channels_last_out=channels_last_out)
+    assert out.is_contiguous(
+        memory_format=torch.channels_last if channels_last_out else torch.contiguous_format
+    )
+    out.backward(upstream)
+    assert x.grad.is_contiguous(memory_format=x_layout)
+    x64 = x.detach().double().requires_grad_()
+    want = local_response_norm(x64)
+    want.backward(upstream.double())
+    torch.testing.assert_close(out.double(), want.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-6)
+
+
 def test_the_pytorch_lrn_serves_where_the_native_kernel_does_not(monkeypatch):
     x = torch.randn(2, 8, 3, 3, requires_grad=True)
     # Outside the kernel's cover: float64, another beta, a radius it was not compiled for.

@@ -1,12 +1,16 @@
 // Native CPU kernels for the tutorial network's fast path (compiled on first use by
 // models/native.py): where PyTorch makes several passes over memory, these make one.
-// 1. local response normalization, forward and backward; 2. the max-pool's backward.
+// 1. local response normalization, forward and backward; 2. the max-pool's backward;
+// 3. a convolution by Fourier transform, on each thread for its share of the batch.
 // Float32; the activations channels-last, so that each pixel's C channels are one
-// contiguous row: loops over channels vectorize, and a row is read once.
+// contiguous row: loops over channels vectorize, and a row is read once (the LRNs also
+// read and write NCHW, the Fourier convolution's layout).
 
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <atomic>
@@ -39,28 +43,61 @@ inline float window_sum(const float* padded, int64_t c) {
   return sum;
 }
 
+// A [N, C, H, W] tensor as N*H*W rows (pixels) of C values. Channels-last, a row is
+// contiguous and is used in place; NCHW (what the Fourier convolution beside the LRNs reads
+// and writes, part 3), its values are HW apart and pass through a row buffer. An image's
+// block is small (36 KB for the tutorial's conv2), so the strided accesses hit the cache.
+template <typename T>
+struct Rows {
+  T* data;
+  int64_t C, HW;
+  bool channels_last;
+
+  T* row(int64_t i) const { return data + (channels_last ? i * C : (i / HW) * C * HW + i % HW); }
+  // The row's values, contiguous: in place, or gathered into buffer.
+  const float* read(int64_t i, float* buffer) const {
+    const T* r = row(i);
+    if (channels_last) return r;
+    for (int64_t c = 0; c < C; ++c) buffer[c] = r[c * HW];
+    return buffer;
+  }
+  // Where to compute row i's values: in place, or in buffer until written back by write().
+  float* target(int64_t i, float* buffer) const { return channels_last ? row(i) : buffer; }
+  void write(int64_t i, const float* values) const {
+    if (channels_last) return;
+    T* r = row(i);
+    for (int64_t c = 0; c < C; ++c) r[c * HW] = values[c];
+  }
+};
+using InRows = Rows<const float>;
+using OutRows = Rows<float>;
+
 template <int64_t R>
-void forward_rows(const float* x, float* y, int64_t begin, int64_t end, int64_t C,
-                  float bias, float alpha) {
-  std::vector<float> squares(C + 2 * R, 0.0f);
+void forward_rows(const InRows& x, const OutRows& y, int64_t begin, int64_t end, float bias,
+                  float alpha) {
+  const int64_t C = x.C;
+  std::vector<float> squares(C + 2 * R, 0.0f), x_buffer(C), y_buffer(C);
   for (int64_t i = begin; i < end; ++i) {
-    const float* xr = x + i * C;
-    float* yr = y + i * C;
+    const float* xr = x.read(i, x_buffer.data());
+    float* yr = y.target(i, y_buffer.data());
     for (int64_t c = 0; c < C; ++c) squares[R + c] = xr[c] * xr[c];
     for (int64_t c = 0; c < C; ++c) {
       yr[c] = xr[c] * inverse_power(bias + alpha * window_sum<R>(squares.data(), c));
     }
+    y.write(i, yr);
   }
 }
 
 template <int64_t R>
-void backward_rows(const float* x, const float* g, float* dx, int64_t begin, int64_t end,
-                   int64_t C, float bias, float alpha) {
+void backward_rows(const InRows& x, const InRows& g, const OutRows& dx, int64_t begin,
+                   int64_t end, float bias, float alpha) {
+  const int64_t C = x.C;
   std::vector<float> squares(C + 2 * R, 0.0f), scaled(C + 2 * R, 0.0f), gp(C);
+  std::vector<float> x_buffer(C), g_buffer(C), d_buffer(C);
   for (int64_t i = begin; i < end; ++i) {
-    const float* xr = x + i * C;
-    const float* gr = g + i * C;
-    float* dr = dx + i * C;
+    const float* xr = x.read(i, x_buffer.data());
+    const float* gr = g.read(i, g_buffer.data());
+    float* dr = dx.target(i, d_buffer.data());
     for (int64_t c = 0; c < C; ++c) squares[R + c] = xr[c] * xr[c];
     for (int64_t c = 0; c < C; ++c) {
       const float s = bias + alpha * window_sum<R>(squares.data(), c);
@@ -70,28 +107,41 @@ void backward_rows(const float* x, const float* g, float* dx, int64_t begin, int
     for (int64_t c = 0; c < C; ++c) {
       dr[c] = gp[c] - 1.5f * alpha * xr[c] * window_sum<R>(scaled.data(), c);
     }
+    dx.write(i, dr);
   }
 }
 
 template <int64_t R>
-void run_forward(const float* x, float* y, int64_t P, int64_t C, float bias, float alpha) {
+void run_forward(const InRows& x, const OutRows& y, int64_t P, float bias, float alpha) {
   at::parallel_for(0, P, kPixelsPerTask, [&](int64_t begin, int64_t end) {
-    forward_rows<R>(x, y, begin, end, C, bias, alpha);
+    forward_rows<R>(x, y, begin, end, bias, alpha);
   });
 }
 
 template <int64_t R>
-void run_backward(const float* x, const float* g, float* dx, int64_t P, int64_t C, float bias,
+void run_backward(const InRows& x, const InRows& g, const OutRows& dx, int64_t P, float bias,
                   float alpha) {
   at::parallel_for(0, P, kPixelsPerTask, [&](int64_t begin, int64_t end) {
-    backward_rows<R>(x, g, dx, begin, end, C, bias, alpha);
+    backward_rows<R>(x, g, dx, begin, end, bias, alpha);
   });
 }
 
-void check(const torch::Tensor& t, const char* name) {
+// Whether t is channels-last; else it must be NCHW. (A tensor with one pixel or one
+// channel is both: either reading is right.)
+bool check(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.dim() == 4,
               name, " must be a 4-d float32 CPU tensor");
-  TORCH_CHECK(t.is_contiguous(at::MemoryFormat::ChannelsLast), name, " must be channels-last");
+  const bool channels_last = t.is_contiguous(at::MemoryFormat::ChannelsLast);
+  TORCH_CHECK(channels_last || t.is_contiguous(), name, " must be channels-last or NCHW");
+  return channels_last;
+}
+
+InRows in_rows(const torch::Tensor& t, bool channels_last) {
+  return {t.data_ptr<float>(), t.size(1), t.size(2) * t.size(3), channels_last};
+}
+
+OutRows out_rows(torch::Tensor& t, bool channels_last) {
+  return {t.data_ptr<float>(), t.size(1), t.size(2) * t.size(3), channels_last};
 }
 
 // The window radii the kernel is compiled for; models/native.py sends only these.
@@ -105,26 +155,30 @@ void check(const torch::Tensor& t, const char* name) {
     default: TORCH_CHECK(false, "LRN kernel: radius ", radius, " not compiled in");  \
   }
 
-torch::Tensor lrn_forward(const torch::Tensor& x, int64_t radius, double bias, double alpha) {
-  check(x, "x");
-  auto y = torch::empty_like(x, at::MemoryFormat::ChannelsLast);
+torch::Tensor lrn_forward(const torch::Tensor& x, int64_t radius, double bias, double alpha,
+                          bool channels_last_out) {
+  const bool x_channels_last = check(x, "x");
+  auto y = torch::empty_like(x, channels_last_out ? at::MemoryFormat::ChannelsLast
+                                                  : at::MemoryFormat::Contiguous);
   if (x.numel() == 0) return y;
-  const int64_t C = x.size(1), P = x.numel() / C;
-  CIFARLAB_FOR_RADIUS(radius, run_forward<R>(x.data_ptr<float>(), y.data_ptr<float>(), P, C,
-                                             bias, alpha));
+  const int64_t P = x.numel() / x.size(1);
+  CIFARLAB_FOR_RADIUS(radius, run_forward<R>(in_rows(x, x_channels_last),
+                                             out_rows(y, channels_last_out), P, bias, alpha));
   return y;
 }
 
 torch::Tensor lrn_backward(const torch::Tensor& g, const torch::Tensor& x, int64_t radius,
-                           double bias, double alpha) {
-  check(x, "x");
-  check(g, "the gradient");
+                           double bias, double alpha, bool channels_last_out) {
+  const bool x_channels_last = check(x, "x");
+  const bool g_channels_last = check(g, "the gradient");
   TORCH_CHECK(g.sizes() == x.sizes(), "the gradient's shape must be x's");
-  auto dx = torch::empty_like(x, at::MemoryFormat::ChannelsLast);
+  auto dx = torch::empty_like(x, channels_last_out ? at::MemoryFormat::ChannelsLast
+                                                   : at::MemoryFormat::Contiguous);
   if (x.numel() == 0) return dx;
-  const int64_t C = x.size(1), P = x.numel() / C;
-  CIFARLAB_FOR_RADIUS(radius, run_backward<R>(x.data_ptr<float>(), g.data_ptr<float>(),
-                                              dx.data_ptr<float>(), P, C, bias, alpha));
+  const int64_t P = x.numel() / x.size(1);
+  CIFARLAB_FOR_RADIUS(radius, run_backward<R>(in_rows(x, x_channels_last),
+                                              in_rows(g, g_channels_last),
+                                              out_rows(dx, channels_last_out), P, bias, alpha));
   return dx;
 }
 
@@ -176,11 +230,100 @@ torch::Tensor max_pool_backward(const torch::Tensor& grad, const torch::Tensor& 
   return out;
 }
 
+// 3. Convolution by Fourier transform. A 5x5 convolution costs 25 multiply-adds per input
+// channel and output pixel done directly (what oneDNN does, near the CPU's peak); in the
+// Fourier domain it is one complex product per frequency, and a 16x16 transform covers a
+// 12x12 output at once (the tutorial's conv2), so the products are about 6x fewer and the
+// transforms are cheap next to them. NNPACK implements this (its ft16x16 algorithm) and
+// PyTorch carries it inside libtorch_cpu, but PyTorch runs it on a thread pool of its own,
+// whose threads fight the OpenMP threads of every other operator for our two cores (the
+// convolution ran 2x slower after any parallel PyTorch operator). Here each OpenMP thread
+// calls NNPACK single-threaded for its share of the batch: no second set of threads.
+// NNPACK is found by name at run time, so a PyTorch built without it only makes
+// fft_conv_available() false (models/fft_conv.py then keeps oneDNN's convolution).
+
+struct NnpSize {  // NNPACK's struct nnp_size
+  size_t width, height;
+};
+struct NnpPadding {  // NNPACK's struct nnp_padding
+  size_t top, right, bottom, left;
+};
+// nnp_convolution_output(algorithm, batch, input channels, output channels, input size,
+//   padding, kernel size, input, kernel, bias, output, workspace, workspace size,
+//   activation, activation parameters, thread pool, profile) -> status (0: success)
+using NnpConvolutionOutput = int (*)(int, size_t, size_t, size_t, NnpSize, NnpPadding, NnpSize,
+                                     const float*, const float*, const float*, float*, void*,
+                                     size_t*, int, const void*, void*, void*);
+constexpr int kNnpFourier16x16 = 2, kNnpIdentity = 0;
+
+NnpConvolutionOutput nnp_convolution_output() {
+  static const NnpConvolutionOutput found = []() -> NnpConvolutionOutput {
+    auto initialize = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "nnp_initialize"));
+    auto convolve = reinterpret_cast<NnpConvolutionOutput>(dlsym(RTLD_DEFAULT, "nnp_convolution_output"));
+    // initialize fails on a CPU NNPACK has no kernels for (on x86: one without AVX2)
+    return initialize && convolve && initialize() == 0 ? convolve : nullptr;
+  }();
+  return found;
+}
+
+bool fft_conv_available() { return nnp_convolution_output() != nullptr; }
+
+// y = conv2d(x, weight, bias, padding), stride 1, all NCHW-contiguous float32; NNPACK's
+// 16x16 transform takes kernels up to 16x16 and a padding smaller than the kernel.
+torch::Tensor fft_conv(const torch::Tensor& x, const torch::Tensor& weight,
+                       const c10::optional<torch::Tensor>& bias, int64_t padding) {
+  const auto convolve = nnp_convolution_output();
+  TORCH_CHECK(convolve, "the Fourier convolution needs NNPACK, which this PyTorch lacks");
+  for (const auto* t : {&x, &weight}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == torch::kFloat32 && t->dim() == 4 &&
+                    t->is_contiguous(),
+                "the Fourier convolution takes 4-d NCHW-contiguous float32 CPU tensors");
+  }
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t O = weight.size(0), KH = weight.size(2), KW = weight.size(3);
+  TORCH_CHECK(weight.size(1) == C, "the filters' input channels must be x's channels");
+  TORCH_CHECK(KH <= 16 && KW <= 16 && padding >= 0 && padding < std::min(KH, KW) &&
+                  H + 2 * padding >= KH && W + 2 * padding >= KW,
+              "the Fourier convolution: kernel at most 16x16, padding smaller than it");
+  auto y = torch::empty({N, O, H + 2 * padding - KH + 1, W + 2 * padding - KW + 1}, x.options());
+  if (N == 0) return y;
+  const torch::Tensor b = bias.has_value() ? bias->contiguous() : torch::zeros({O}, x.options());
+  TORCH_CHECK(b.scalar_type() == torch::kFloat32 && b.numel() == O, "one float32 bias per filter");
+  const float *xp = x.data_ptr<float>(), *wp = weight.data_ptr<float>(), *bp = b.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const auto p = static_cast<size_t>(padding);
+  const int64_t share = (N + at::get_num_threads() - 1) / at::get_num_threads();
+  std::atomic<int> failure{0};
+  at::parallel_for(0, N, share, [&](int64_t begin, int64_t end) {
+    auto call = [&](void* workspace, size_t* workspace_size) {
+      return convolve(kNnpFourier16x16, end - begin, C, O, NnpSize{size_t(W), size_t(H)},
+                      NnpPadding{p, p, p, p}, NnpSize{size_t(KW), size_t(KH)},
+                      xp + begin * C * H * W, wp, bp, yp + begin * y.stride(0), workspace,
+                      workspace_size, kNnpIdentity, nullptr, nullptr, nullptr);
+    };
+    // NNPACK allocates (and the kernel maps fresh pages for) its scratch space on every
+    // call unless given some: each thread keeps one, grown as needed, 64-byte aligned.
+    thread_local std::vector<char> scratch;
+    size_t size = 0;
+    int status = call(nullptr, &size);  // asks only for the size
+    if (status == 0) {
+      if (scratch.size() < size + 64) scratch.resize(size + 64);
+      const auto at = (reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t{63};
+      status = call(reinterpret_cast<void*>(at), &size);
+    }
+    if (status != 0) failure = status;
+  });
+  TORCH_CHECK(failure == 0, "NNPACK's convolution failed with status ", failure.load());
+  return y;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("lrn_forward", &lrn_forward, "LRN forward (channels-last float32, beta 0.75)");
+  m.def("lrn_forward", &lrn_forward, "LRN forward (float32, channels-last or NCHW, beta 0.75)");
   m.def("lrn_backward", &lrn_backward, "LRN backward (beta 0.75), recomputing s from x");
   m.def("max_pool_backward", &max_pool_backward,
         "max-pool backward: pooled gradient (any layout), indices -> input gradient");
+  m.def("fft_conv_available", &fft_conv_available, "whether NNPACK is here and runs on this CPU");
+  m.def("fft_conv", &fft_conv, "conv2d by 16x16 Fourier transforms (NNPACK), NCHW, stride 1");
 }

@@ -46,9 +46,13 @@ class LocalResponseNorm(nn.Module):
         self.radius, self.bias, self.alpha, self.beta = radius, bias, alpha, beta
         self.fast = fast
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lrn = local_response_norm_channels_last if self.fast else local_response_norm
-        return lrn(x, self.radius, self.bias, self.alpha, self.beta)
+    def forward(self, x: torch.Tensor, channels_last_out: bool = True) -> torch.Tensor:
+        """`channels_last_out=False` asks the fast path for NCHW where it can give it."""
+        if self.fast:
+            return local_response_norm_channels_last(
+                x, self.radius, self.bias, self.alpha, self.beta, channels_last_out
+            )
+        return local_response_norm(x, self.radius, self.bias, self.alpha, self.beta)
 
     def extra_repr(self) -> str:
         return f"depth_radius={self.radius}, bias={self.bias}, alpha={self.alpha:.3g}, beta={self.beta}"
@@ -111,21 +115,30 @@ def _lrn_forward(x, radius, bias, alpha, beta):
 class _NativeLRN(torch.autograd.Function):
     """The same function again, as one native kernel each way (cpu_kernels.cpp): one read
     and one write of the activations forward, two reads and a write backward. Keeps only x:
-    the backward recomputes s from it."""
+    the backward recomputes s from it. Reads channels-last or NCHW; writes y as asked and
+    the input gradient in x's layout (both where the neighbouring layers want them)."""
 
     @staticmethod
-    def forward(ctx, x, radius: int, bias: float, alpha: float):
-        x = x.contiguous(memory_format=torch.channels_last)
+    def forward(ctx, x, radius: int, bias: float, alpha: float, channels_last_out: bool):
+        x = _dense(x)
         ctx.save_for_backward(x)
         ctx.window = radius, bias, alpha
-        return native.kernels().lrn_forward(x, radius, bias, alpha)
+        return native.kernels().lrn_forward(x, radius, bias, alpha, channels_last_out)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        g = g.contiguous(memory_format=torch.channels_last)
-        return native.kernels().lrn_backward(g, x, *ctx.window), None, None, None
+        x_channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        grad = native.kernels().lrn_backward(_dense(g), x, *ctx.window, x_channels_last)
+        return grad, None, None, None, None
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """x as it is where the native kernels read it (channels-last or NCHW), else channels-last."""
+    if x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
+        return x
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def _native_applies(x: torch.Tensor, radius: int, beta: float) -> bool:
@@ -136,17 +149,17 @@ def _native_applies(x: torch.Tensor, radius: int, beta: float) -> bool:
 
 def local_response_norm_channels_last(
     x: torch.Tensor, radius: int = 4, bias: float = 1.0, alpha: float = 0.001 / 9,
-    beta: float = 0.75,
+    beta: float = 0.75, channels_last_out: bool = True,
 ) -> torch.Tensor:  # fmt: skip
     """local_response_norm, fast on channels_last tensors (any layout is accepted); the
-    output is channels_last. The native kernel where it applies; else PyTorch ops with a
-    written-out backward, or plain tensor ops when no gradient is needed or when traced
-    (TorchScript cannot save a Python autograd.Function)."""
+    output is channels_last (NCHW with `channels_last_out=False` where the native kernel
+    applies, for a next layer that reads NCHW). The native kernel where it applies; else
+    PyTorch ops with a written-out backward, or plain tensor ops when no gradient is needed
+    or when traced (TorchScript cannot save a Python autograd.Function)."""
     if _native_applies(x, radius, beta):
         if torch.is_grad_enabled() and x.requires_grad:
-            return _NativeLRN.apply(x, radius, bias, alpha)
-        x = x.contiguous(memory_format=torch.channels_last)
-        return native.kernels().lrn_forward(x, radius, bias, alpha)
+            return _NativeLRN.apply(x, radius, bias, alpha, channels_last_out)
+        return native.kernels().lrn_forward(_dense(x), radius, bias, alpha, channels_last_out)
     if torch.is_grad_enabled() and x.requires_grad and not torch.jit.is_tracing():
         return _LRNChannelsLast.apply(x, radius, bias, alpha, beta)
     return _lrn_forward(x, radius, bias, alpha, beta)[0]

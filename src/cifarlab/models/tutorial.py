@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fft_conv
 from .conv_pool import conv_then_max_pool
 from .lrn import LocalResponseNorm
 from .max_pool import max_pool_clipped
@@ -75,7 +76,8 @@ class TutorialNet(nn.Module):
     (oneDNN's native layout), the LRN as a native kernel each way (lrn.py, native.py),
     SAME pooling without a padded copy and with a native backward (max_pool.py), ReLUs in
     place, conv1's ReLU after its pool and its backward in NCHW (conv_pool.py), the fully
-    connected layers on oneDNN (onednn_linear.py). `fast=False`: the straightforward
+    connected layers on oneDNN (onednn_linear.py), conv2 by Fourier transform (fft_conv.py).
+    `fast=False`: the straightforward
     reference, which tests compare against."""
 
     def __init__(self, num_classes: int = 10, fast: bool = True) -> None:
@@ -102,8 +104,9 @@ class TutorialNet(nn.Module):
         pool = same_max_pool
         if self.fast:
             x, pool = x.contiguous(memory_format=torch.channels_last), same_max_pool_unpadded
-        x = self.norm1(self._conv1_pooled(x, pool))  # [N, 64, 12, 12]
-        x = pool(self.norm2(self.conv2_relu(self.conv2(x))))  # [N, 64, 6, 6]
+        x = self._conv1_pooled(x, pool)  # [N, 64, 12, 12]
+        x = self.norm1(x, channels_last_out=not self._conv2_by_fft(x))
+        x = pool(self.norm2(self.conv2_relu(self._conv2(x))))  # [N, 64, 6, 6]
         dense = linear if self.fast else _call
         x = self.local3_relu(dense(x.flatten(1), self.local3))  # [N, 384]
         x = self.local4_relu(dense(x, self.local4))  # [N, 192]
@@ -118,6 +121,17 @@ class TutorialNet(nn.Module):
             conv = self.conv1
             return self.conv1_relu(conv_then_max_pool(x, conv.weight, conv.bias, conv.padding[0]))
         return pool(self.conv1_relu(self.conv1(x)))  # [N, 64, 24, 24] before the pool
+
+    def _conv2_by_fft(self, x: torch.Tensor) -> bool:
+        """Whether conv2 goes by Fourier transform (fft_conv.py), in NCHW: then norm1 writes
+        NCHW for it. 5x5 filters on 12x12 maps are where that pays most."""
+        return self.fast and fft_conv.fft_conv_serves(x, self.conv2.weight, self.conv2.padding[0])
+
+    def _conv2(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast:
+            conv = self.conv2
+            return fft_conv.conv2d(x, conv.weight, conv.bias, conv.padding[0])
+        return self.conv2(x)
 
     def activation_points(self) -> dict[str, nn.Module]:
         """Modules whose outputs are the layers' activations, by summary tag (as the tutorial's)."""
