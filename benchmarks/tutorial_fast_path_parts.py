@@ -11,7 +11,8 @@ Variants, each adding to the one before:
                    place; the reference LRN
   + LRN            the LRN's window sum as a 1x1 convolution, with its own backward
   + conv1's pool before its ReLU, NCHW backward   (models/conv_pool.py)
-  + oneDNN fully connected layers: the whole fast path (models/onednn_linear.py)
+  + oneDNN fully connected layers (models/onednn_linear.py)
+  + conv2 by Fourier transform: the whole fast path (models/fft_conv.py)
 Also single operations at the tutorial's shapes (batch 128), each against what it replaced:
 the LRN's window sum as torch.mm (MKL) and as a 1x1 convolution (oneDNN), conv1's weight
 gradient channels-last and in NCHW, local3's forward product with MKL and with oneDNN;
@@ -30,12 +31,18 @@ import torch
 import torch.nn.functional as F
 
 from cifarlab.allocator import configure_allocator
-from cifarlab.models import onednn_linear, tutorial
+from cifarlab.models import fft_conv, onednn_linear, tutorial
 from cifarlab.models.lrn import LocalResponseNorm, _band
 from cifarlab.models.tutorial import TutorialNet
 
 
-class _ReluBeforePool(TutorialNet):
+class _DirectConv2(TutorialNet):
+    """The fast path before conv2 went by Fourier transform."""
+
+    conv2_by_fft = False
+
+
+class _ReluBeforePool(_DirectConv2):
     """The fast path before conv1's ReLU moved after its pool (and its NCHW backward)."""
 
     def _conv1_pooled(self, x, pool):
@@ -52,14 +59,16 @@ def variants() -> dict[str, tuple[torch.nn.Module, bool]]:
     reference = TutorialNet(10, fast=False)
     layout = _ReluBeforePool(10, fast=True)
     layout.norm1, layout.norm2 = LocalResponseNorm(fast=False), LocalResponseNorm(fast=False)
-    lrn, conv_pool, fast = _ReluBeforePool(10, fast=True), TutorialNet(10), TutorialNet(10)
-    for model in (layout, lrn, conv_pool, fast):
+    lrn, conv_pool = _ReluBeforePool(10, fast=True), _DirectConv2(10)
+    linear, fast = _DirectConv2(10), TutorialNet(10)
+    for model in (layout, lrn, conv_pool, linear, fast):
         model.load_state_dict(reference.state_dict())
     return {"reference": (reference, False),
             "+ layout, pool": (layout.to(memory_format=torch.channels_last), False),
             "+ LRN": (lrn.to(memory_format=torch.channels_last), False),
             "+ conv1's pool before its ReLU, NCHW backward": (conv_pool.to(memory_format=torch.channels_last), False),
-            "+ oneDNN fully connected layers (the fast path)": (fast.to(memory_format=torch.channels_last), True)}  # fmt: skip
+            "+ oneDNN fully connected layers": (linear.to(memory_format=torch.channels_last), True),
+            "+ conv2 by Fourier transform (the fast path)": (fast.to(memory_format=torch.channels_last), True)}  # fmt: skip
 
 
 def timed_ms(fn, iterations: int) -> float:
@@ -105,6 +114,7 @@ def main() -> None:
     local3, flat = torch.nn.Linear(2304, 384), torch.randn(128, 2304)
     cl = torch.channels_last
     conv2_in, conv2_w = sq.clone(), torch.randn(64, 64, 5, 5).contiguous(memory_format=cl)
+    conv2_nchw = sq.contiguous()
     conv1_in, conv1_w = images.contiguous(memory_format=cl), filters.contiguous(memory_format=cl)
     kernels = {"LRN window sum, torch.mm (MKL)": lambda: rows @ band,
                "LRN window sum, 1x1 convolution (oneDNN)": lambda: F.conv2d(sq, band.view(64, 64, 1, 1)),
@@ -114,6 +124,7 @@ def main() -> None:
                "local3 forward, oneDNN": lambda: onednn_linear.linear(flat, local3),
                "conv1 forward (channels_last)": lambda: F.conv2d(conv1_in, conv1_w, padding=2),
                "conv2 forward (channels_last)": lambda: F.conv2d(conv2_in, conv2_w, padding=2),
+               "conv2 forward by Fourier transform (NCHW)": lambda: fft_conv.conv2d(conv2_nchw, conv2_w, None, 2),
                "conv2 backward, input and weight gradients (channels_last)": lambda: torch.ops.aten.convolution_backward(
                    sq, conv2_in, conv2_w, [64], [1, 1], [2, 2], [1, 1], False, [0, 0], 1, [True, True, True])}  # fmt: skip
 

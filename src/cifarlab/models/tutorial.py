@@ -80,6 +80,8 @@ class TutorialNet(nn.Module):
     `fast=False`: the straightforward
     reference, which tests compare against."""
 
+    conv2_by_fft = True  # part of the fast path; benchmarks switch it off to see what it buys
+
     def __init__(self, num_classes: int = 10, fast: bool = True) -> None:
         super().__init__()
         self.fast = fast
@@ -125,10 +127,15 @@ class TutorialNet(nn.Module):
     def _conv2_by_fft(self, x: torch.Tensor) -> bool:
         """Whether conv2 goes by Fourier transform (fft_conv.py), in NCHW: then norm1 writes
         NCHW for it. 5x5 filters on 12x12 maps are where that pays most."""
-        return self.fast and fft_conv.fft_conv_serves(x, self.conv2.weight, self.conv2.padding[0])
+        conv = self.conv2
+        return (
+            self.fast
+            and self.conv2_by_fft
+            and fft_conv.fft_conv_serves(x, conv.weight, conv.padding[0])
+        )
 
     def _conv2(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast:
+        if self.fast and self.conv2_by_fft:
             conv = self.conv2
             return fft_conv.conv2d(x, conv.weight, conv.bias, conv.padding[0])
         return self.conv2(x)
