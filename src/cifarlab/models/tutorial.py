@@ -77,8 +77,7 @@ class TutorialNet(nn.Module):
     SAME pooling without a padded copy and with a native backward (max_pool.py), ReLUs in
     place, conv1's ReLU after its pool and its backward in NCHW (conv_pool.py), the fully
     connected layers on oneDNN (onednn_linear.py), conv2 by Fourier transform (fft_conv.py).
-    `fast=False`: the straightforward
-    reference, which tests compare against."""
+    `fast=False`: the straightforward reference, which tests compare against."""
 
     conv2_by_fft = True  # part of the fast path; benchmarks switch it off to see what it buys
 
