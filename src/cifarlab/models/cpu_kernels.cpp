@@ -259,7 +259,8 @@ constexpr int kNnpFourier16x16 = 2, kNnpIdentity = 0;
 NnpConvolutionOutput nnp_convolution_output() {
   static const NnpConvolutionOutput found = []() -> NnpConvolutionOutput {
     auto initialize = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "nnp_initialize"));
-    auto convolve = reinterpret_cast<NnpConvolutionOutput>(dlsym(RTLD_DEFAULT, "nnp_convolution_output"));
+    auto convolve =
+        reinterpret_cast<NnpConvolutionOutput>(dlsym(RTLD_DEFAULT, "nnp_convolution_output"));
     // initialize fails on a CPU NNPACK has no kernels for (on x86: one without AVX2)
     return initialize && convolve && initialize() == 0 ? convolve : nullptr;
   }();
