@@ -71,9 +71,11 @@ def test_pytorchs_convolution_serves_where_the_fourier_one_does_not(monkeypatch)
     x = torch.randn(2, 4, 12, 12, requires_grad=True)
     weight = torch.randn(6, 4, 5, 5, requires_grad=True)
     # Float64, an output larger than a 16x16 transform (the filters' gradient's kernel),
-    # a padding as large as the kernel, an empty batch: each goes to F.conv2d, the same result.
+    # a padding as large as the kernel, an empty batch, non-square filters: each goes to
+    # F.conv2d, with the same result.
     for t, w, padding in [(x.double(), weight.double(), 2), (torch.randn(2, 4, 20, 20), weight, 2),
-                          (x, weight, 5), (torch.randn(0, 4, 12, 12), weight, 2)]:  # fmt: skip
+                          (x, weight, 5), (torch.randn(0, 4, 12, 12), weight, 2),
+                          (x, torch.randn(6, 4, 5, 3), 1)]:  # fmt: skip
         assert not fft_conv.fft_conv_serves(t, w, padding)
         torch.testing.assert_close(
             fft_conv.conv2d(t, w, None, padding), F.conv2d(t, w, padding=padding)
