@@ -53,6 +53,10 @@ struct Rows {
   int64_t C, HW;
   bool channels_last;
 
+  Rows(const torch::Tensor& t, bool is_channels_last)
+      : data(t.data_ptr<float>()), C(t.size(1)), HW(t.size(2) * t.size(3)),
+        channels_last(is_channels_last) {}
+
   T* row(int64_t i) const { return data + (channels_last ? i * C : (i / HW) * C * HW + i % HW); }
   // The row's values, contiguous: in place, or gathered into buffer.
   const float* read(int64_t i, float* buffer) const {
@@ -136,14 +140,6 @@ bool check(const torch::Tensor& t, const char* name) {
   return channels_last;
 }
 
-InRows in_rows(const torch::Tensor& t, bool channels_last) {
-  return {t.data_ptr<float>(), t.size(1), t.size(2) * t.size(3), channels_last};
-}
-
-OutRows out_rows(torch::Tensor& t, bool channels_last) {
-  return {t.data_ptr<float>(), t.size(1), t.size(2) * t.size(3), channels_last};
-}
-
 // The window radii the kernel is compiled for; models/native.py sends only these.
 #define CIFARLAB_FOR_RADIUS(radius, call)                                      \
   switch (radius) {                                                            \
@@ -162,8 +158,8 @@ torch::Tensor lrn_forward(const torch::Tensor& x, int64_t radius, double bias, d
                                                   : at::MemoryFormat::Contiguous);
   if (x.numel() == 0) return y;
   const int64_t P = x.numel() / x.size(1);
-  CIFARLAB_FOR_RADIUS(radius, run_forward<R>(in_rows(x, x_channels_last),
-                                             out_rows(y, channels_last_out), P, bias, alpha));
+  CIFARLAB_FOR_RADIUS(radius, run_forward<R>(InRows(x, x_channels_last),
+                                             OutRows(y, channels_last_out), P, bias, alpha));
   return y;
 }
 
@@ -176,9 +172,9 @@ torch::Tensor lrn_backward(const torch::Tensor& g, const torch::Tensor& x, int64
                                                    : at::MemoryFormat::Contiguous);
   if (x.numel() == 0) return dx;
   const int64_t P = x.numel() / x.size(1);
-  CIFARLAB_FOR_RADIUS(radius, run_backward<R>(in_rows(x, x_channels_last),
-                                              in_rows(g, g_channels_last),
-                                              out_rows(dx, channels_last_out), P, bias, alpha));
+  CIFARLAB_FOR_RADIUS(radius, run_backward<R>(InRows(x, x_channels_last),
+                                              InRows(g, g_channels_last),
+                                              OutRows(dx, channels_last_out), P, bias, alpha));
   return dx;
 }
 

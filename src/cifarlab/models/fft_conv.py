@@ -89,11 +89,18 @@ class _FftConv(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
+def fourier_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int
+) -> torch.Tensor:
+    """conv2d by Fourier transform, for a caller that has asked fft_conv_serves already."""
+    return _FftConv.apply(x, weight, bias, padding)
+
+
 def conv2d(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int
 ) -> torch.Tensor:
     """conv2d(x, weight, bias, padding=padding), stride 1: by Fourier transform where
     fft_conv_serves says it can, oneDNN's (PyTorch's) convolution otherwise."""
     if fft_conv_serves(x, weight, padding):
-        return _FftConv.apply(x, weight, bias, padding)
+        return fourier_conv2d(x, weight, bias, padding)
     return F.conv2d(x, weight, bias, padding=padding)

@@ -106,8 +106,9 @@ class TutorialNet(nn.Module):
         if self.fast:
             x, pool = x.contiguous(memory_format=torch.channels_last), same_max_pool_unpadded
         x = self._conv1_pooled(x, pool)  # [N, 64, 12, 12]
-        x = self.norm1(x, channels_last_out=not self._conv2_by_fft(x))
-        x = pool(self.norm2(self.conv2_relu(self._conv2(x))))  # [N, 64, 6, 6]
+        by_fft = self._conv2_by_fft(x)
+        x = self.norm1(x, channels_last_out=not by_fft)  # NCHW for the Fourier transform
+        x = pool(self.norm2(self.conv2_relu(self._conv2(x, by_fft))))  # [N, 64, 6, 6]
         dense = linear if self.fast else _call
         x = self.local3_relu(dense(x.flatten(1), self.local3))  # [N, 384]
         x = self.local4_relu(dense(x, self.local4))  # [N, 192]
@@ -133,11 +134,11 @@ class TutorialNet(nn.Module):
             and fft_conv.fft_conv_serves(x, conv.weight, conv.padding[0])
         )
 
-    def _conv2(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast and self.conv2_by_fft:
-            conv = self.conv2
-            return fft_conv.conv2d(x, conv.weight, conv.bias, conv.padding[0])
-        return self.conv2(x)
+    def _conv2(self, x: torch.Tensor, by_fft: bool) -> torch.Tensor:
+        conv = self.conv2
+        if by_fft:
+            return fft_conv.fourier_conv2d(x, conv.weight, conv.bias, conv.padding[0])
+        return conv(x)
 
     def activation_points(self) -> dict[str, nn.Module]:
         """Modules whose outputs are the layers' activations, by summary tag (as the tutorial's)."""
