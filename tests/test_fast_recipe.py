@@ -253,6 +253,28 @@ def test_the_training_transform_gives_normalized_channels_last_batches():
     assert plain.abs().max() < 3 and torch.allclose(x.abs().sum(), plain.abs().sum(), rtol=0.2)
 
 
+@pytest.mark.parametrize(
+    "views, weights",
+    [(6, {(0, 0): 0.5, (-1, -1): 0.25, (1, 1): 0.25}),
+     (18, {(dy, dx): 1 / 9 for dy in (-1, 0, 1) for dx in (-1, 0, 1)})],
+)  # fmt: skip
+def test_tta_averages_each_shift_and_its_mirror_with_its_weight(views, weights):
+    recipe = get_recipe("fast-muon", get_recipe("fast-muon").Params(tta_views=views))
+    x = torch.zeros(1, 1, 32, 32)
+    x[0, 0, 10, 20] = 1.0  # one lit pixel, away from the borders: each view moves it
+
+    def model(v):  # the identity as a "model": the logits are the view itself
+        return v.flatten(1)
+
+    seen = recipe.tta_logits(model, x).view(32, 32)
+    expected = torch.zeros(32, 32)
+    for (dy, dx), weight in weights.items():
+        # a view shifted by (dy, dx) shows pixel (y, x) at (y - dy, x - dx); its mirror at 31 - that
+        expected[10 - dy, 20 - dx] += weight / 2
+        expected[10 - dy, 31 - (20 - dx)] += weight / 2
+    torch.testing.assert_close(seen, expected)
+
+
 def test_small_epochs_train_on_smaller_crops_then_full_images():
     recipe = get_recipe("fast", build_config("fast", {"small_epochs": 2, "small_size": 24}).params)
     images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
