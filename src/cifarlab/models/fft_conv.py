@@ -53,7 +53,7 @@ def fft_conv_serves(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool
         os.environ.get("CIFARLAB_FFT_CONV", "1") != "0"
         and native.serves(x) and weight.dtype == torch.float32 and weight.shape[1] == x.shape[1]
         and k_h == k_w and 0 <= padding < min(k_h, out_h, out_w)
-        and max(k_h, k_w, out_h, out_w) <= _LARGEST_TRANSFORMED
+        and max(k_h, out_h, out_w) <= _LARGEST_TRANSFORMED
         and _available()
     )  # fmt: skip
 

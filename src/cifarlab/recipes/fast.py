@@ -35,6 +35,13 @@ MEAN = (125.31, 122.95, 113.87)
 STD = (62.99, 62.09, 66.70)
 WHITENING_IMAGES = 5000  # patches of this many training images set the whitening filters
 
+# Test-time views by `tta_views`: each 1-pixel shift (dy, dx) and its weight; every view is
+# also seen mirrored.
+TTA_SHIFTS = {
+    6: {(0, 0): 0.5, (-1, -1): 0.25, (1, 1): 0.25},
+    18: {(dy, dx): 1 / 9 for dy in (-1, 0, 1) for dx in (-1, 0, 1)},  # 3x the evaluation
+}
+
 
 @dataclass(frozen=True)
 class Params:
@@ -121,7 +128,7 @@ class Params:
     tta_views: int = setting(
         6, "test-time views: 6 (the image and its two diagonal 1-pixel shifts, weighted 2:1:1, "
         "each with its mirror) or 18 (all nine 1-pixel shifts alike, each with its mirror)",
-        choices=(6, 18),
+        choices=tuple(TTA_SHIFTS),
     )  # fmt: skip
 
 
@@ -193,6 +200,8 @@ def jitter(
 
 def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """x moved by one pixel (dy, dx in -1, 0, 1), reflect-padded: a TTA view."""
+    if dy == 0 and dx == 0:
+        return x
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
     h, w = x.shape[-2:]
     return padded[:, :, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
@@ -305,14 +314,8 @@ class Fast(Recipe):
         def mirrored(v):
             return (model(v) + model(v.flip(3))) / 2
 
-        if self.params.tta_views == 18:  # 3x the evaluation for about 0.05 point (docs/fast.md)
-            views = [shifted(x, dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-            return sum(mirrored(v) for v in views) / len(views)
-        return (
-            0.5 * mirrored(x)
-            + 0.25 * mirrored(shifted(x, -1, -1))
-            + 0.25 * mirrored(shifted(x, 1, 1))
-        )
+        shifts = TTA_SHIFTS[self.params.tta_views]
+        return sum(w * mirrored(shifted(x, dy, dx)) for (dy, dx), w in shifts.items())
 
     def loss(self, model, logits, labels):
         loss = F.cross_entropy(logits, labels, label_smoothing=self.params.label_smoothing)
