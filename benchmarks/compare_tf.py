@@ -24,8 +24,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from time_to_accuracy import cpu_name, matmul_peak_gflops  # noqa: E402
+from cifarlab.machine import cpu_name, matmul_peak_gflops
 
 HERE = Path(__file__).parent
 

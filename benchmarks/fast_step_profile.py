@@ -4,7 +4,7 @@ fp32 matrix-product peak it reaches, measured in one run:
     python benchmarks/fast_step_profile.py [--recipe fast] [--batch-size 1024] [--set KEY=VALUE ...]
                                            [--default-allocator]
 
-1. the peak (time_to_accuracy.matmul_peak_gflops: the better of MKL and oneDNN);
+1. the peak (cifarlab.machine.matmul_peak_gflops: the better of MKL and oneDNN);
 2. seconds a step of the real training step (train/loop.py's forward_step and apply_step, as
    `cifarlab bench train` runs them: input pipeline, forward, loss, backward, optimizer,
    lookahead) on a random CIFAR-sized split, median of --repeats runs of --steps steps; the
@@ -20,15 +20,14 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from time_to_accuracy import device_name, flops_per_step, matmul_peak_gflops  # noqa: E402
+from cifarlab.flops import step_flops
+from cifarlab.machine import device_name, matmul_peak_gflops
+from cifarlab.recipes import TrainingPlan
 
 FAMILIES = [  # (family, substrings of profiler op names), first match wins
     ("convolution", ("convolution", "conv2d")),
@@ -70,7 +69,7 @@ def main() -> None:
     # A typical step, mid-run: the whitening bias frozen (the recipe's prepare_step), as in
     # most of a run's steps, and full-size images (without progressive resizing).
     state.step = config.run.max_steps // 2
-    flops = flops_per_step(config, cpu, state.step)
+    flops = step_flops(config, state.step, TrainingPlan.for_run(config, 50_000))
 
     faults: list[float] = []  # minor page faults a step: memory the kernel hands out anew
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared check for a lent GPU machine (at most 10 minutes): the CUDA tests, the fast
-# and fast-muon recipes' time to accuracy over 5 seeds each, the tutorial network's training
+# recipes' time to accuracy over 5 seeds each (cifarlab experiment), the tutorial network's training
 # images/s, and a 1-GPU NCCL torchrun smoke run. Prints every figure with the card's name.
 #
 # The data: CIFAR-10 is 176 MB and a call carries at most 64 MiB, so bring it in three
@@ -32,12 +32,14 @@ if [ -n "$parts" ]; then
   cp "$parts"/*/* "$CIFARLAB_DATA/cifar-10-batches-bin/"
   cifarlab download --verify | head -3 || { echo "data failed its check"; exit 1; }
 
-  echo "== fast recipe: time to accuracy, $seeds seeds (after an untimed warm-up run)"
-  python benchmarks/time_to_accuracy.py --recipe fast --seeds "$seeds" --device cuda \
-    --set checkpoint_every=100000 --set summary_every=100000 --set log_every=100000 --json | tail -12
-  echo "== fast-muon recipe (Muon for the filters, 8 epochs): the same, $seeds seeds"
-  python benchmarks/time_to_accuracy.py --recipe fast-muon --seeds "$seeds" --device cuda \
-    --set checkpoint_every=100000 --set summary_every=100000 --set log_every=100000 --json | tail -12
+  quiet=(--device cuda --set checkpoint_every=100000 --set summary_every=100000 --set log_every=100000)
+  echo "== an untimed warm-up run (CUDA start-up, kernel selection)"
+  cifarlab experiment run runs/gpu-warmup --recipe fast --seeds 0 --max-steps 20 "${quiet[@]}" | tail -1
+  for recipe in fast fast-muon fast-sgd; do
+    echo "== $recipe: time to accuracy, $seeds seeds"
+    cifarlab experiment run "runs/gpu-$recipe" --recipe "$recipe" --seeds "0-$((seeds - 1))" "${quiet[@]}" >/dev/null
+    cifarlab experiment show "runs/gpu-$recipe" --json | tail -$((seeds + 5))
+  done
 fi
 
 echo "== tutorial network: training and evaluation images/s on the GPU (random data, real step)"

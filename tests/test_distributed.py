@@ -83,7 +83,7 @@ def test_hard_example_selection_on_two_ranks_gathers_and_resumes_exactly(tmp_pat
     hold the whole table (one process's would have no gaps either) and draw the same
     selected epochs; a two-rank run continued from a checkpoint ends where it would have.
     The whitening bias freezes mid-run, so DDP also trains past that switch."""
-    common = [*DATA, "--recipe", "fast", "--set", "width=16", "--set", "hard_keep=0.5",
+    common = [*DATA, "--recipe", "fast-sgd", "--set", "width=16", "--set", "hard_keep=0.5",
               "--set", "hard_from_epoch=1", "--batch-size", "16", "--checkpoint-every", "8",
               "--set", "keep_checkpoints=5",
               "--set", "whiten_bias_epochs=1"]  # frozen from step 6: DDP gets its zero gradient  # fmt: skip

@@ -69,9 +69,11 @@ def test_the_flip_ablations_mirror_at_random_or_never():
     position = BatchPosition(1, 0, 64, torch.arange(64))
     outputs = {}
     for flip in ("alternating", "random", "none"):
-        recipe = get_recipe("fast", build_config("fast", {"flip": flip, "translate": 0}).params)
+        recipe = get_recipe(
+            "fast-sgd", build_config("fast-sgd", {"flip": flip, "translate": 0}).params
+        )
         outputs[flip] = recipe.train_transform(images, torch.Generator().manual_seed(0), position)
-    plain = get_recipe("fast").normalize(images)
+    plain = get_recipe("fast-sgd").normalize(images)
     mirrored = [torch.equal(outputs["random"][i], plain[i].flip(2)) for i in range(64)]
     assert torch.equal(outputs["none"], plain) and 16 < sum(mirrored) < 48
     assert torch.equal(outputs["alternating"][alternating_flip(torch.arange(64), 1)],
@@ -81,7 +83,7 @@ def test_the_flip_ablations_mirror_at_random_or_never():
 def test_without_whitening_the_first_layer_is_learned_from_its_default_start():
     images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
     for whitening in (True, False):
-        recipe = get_recipe("fast", build_config("fast", {"whitening": whitening}).params)
+        recipe = get_recipe("fast-sgd", build_config("fast-sgd", {"whitening": whitening}).params)
         torch.manual_seed(0)
         model = recipe.build_model(10, images)
         trained = {n for n, q in model.named_parameters() if q.requires_grad}
@@ -147,7 +149,7 @@ def test_a_frozen_whitening_bias_gets_an_exact_zero_and_leaves_the_rest_as_it_wa
     )
     for name in trains.keys() - {"whiten.bias"}:
         torch.testing.assert_close(frozen[name], trains[name], rtol=0, atol=0)
-    recipe = get_recipe("fast")
+    recipe = get_recipe("fast-sgd")
     plan = TrainingPlan(max_steps=100, steps_per_epoch=10, global_batch_size=64, train_examples=640)
     assert [recipe.prepare_step(net, s, plan) for s in (0, 29, 30, 99)] == [
         True,
@@ -163,7 +165,7 @@ def test_a_frozen_whitening_bias_gets_an_exact_zero_and_leaves_the_rest_as_it_wa
     [(0, 0.2), (10, 0.2 + 0.8 * 0.10 / 0.23), (23, 1.0), (50, 1 - 0.93 * 0.27 / 0.77), (100, 0.07)],
 )
 def test_learning_rates_at_corner_steps(step, factor):
-    recipe = get_recipe("fast")
+    recipe = get_recipe("fast-sgd")
     plan = TrainingPlan(
         max_steps=100, steps_per_epoch=10, global_batch_size=512, train_examples=5120
     )
@@ -195,7 +197,7 @@ def test_lookahead_holds_back_more_as_the_run_ends_and_lands_on_the_slow_copy():
     assert model.weight[0, 0].item() == pytest.approx(0.9375)
 
 
-SMALL = ["--recipe", "fast", "--synthetic", "--set", "synthetic_train_per_class=40", "--set", "synthetic_test_per_class=10",
+SMALL = ["--recipe", "fast-sgd", "--synthetic", "--set", "synthetic_train_per_class=40", "--set", "synthetic_test_per_class=10",
          "--batch-size", "64", "--threads", "2", "--no-progress", "--set", "width=32"]  # fmt: skip
 
 
@@ -244,7 +246,7 @@ def test_a_short_run_learns_and_resumes_exactly_mid_epoch(tmp_path, capsys, conv
 
 
 def test_the_training_transform_gives_normalized_channels_last_batches():
-    recipe = get_recipe("fast")
+    recipe = get_recipe("fast-sgd")
     images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
     position = BatchPosition(epoch=0, offset=0, global_batch_size=8, indices=torch.arange(8))
     x = recipe.train_transform(images, torch.Generator().manual_seed(0), position)
@@ -276,7 +278,9 @@ def test_tta_averages_each_shift_and_its_mirror_with_its_weight(views, weights):
 
 
 def test_small_epochs_train_on_smaller_crops_then_full_images():
-    recipe = get_recipe("fast", build_config("fast", {"small_epochs": 2, "small_size": 24}).params)
+    recipe = get_recipe(
+        "fast-sgd", build_config("fast-sgd", {"small_epochs": 2, "small_size": 24}).params
+    )
     images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
     model = recipe.build_model(10, images)
     sizes = []
@@ -290,11 +294,11 @@ def test_small_epochs_train_on_smaller_crops_then_full_images():
         sizes.append(x.shape[-1])
     assert sizes == [24, 24, 32, 32]
     # the default trains on full images only, and draws nothing extra (old runs replay exactly)
-    plain = get_recipe("fast")
+    plain = get_recipe("fast-sgd")
     position = BatchPosition(epoch=0, offset=0, global_batch_size=8, indices=torch.arange(8))
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     plain.train_transform(images, g1, position)
-    get_recipe("fast", build_config("fast", {"small_epochs": 0}).params).train_transform(
+    get_recipe("fast-sgd", build_config("fast-sgd", {"small_epochs": 0}).params).train_transform(
         images, g2, position
     )
     assert torch.equal(g1.get_state(), g2.get_state())
@@ -314,14 +318,14 @@ def test_a_budget_counts_each_kind_of_step_at_its_own_cost(monkeypatch):
         budget, "_timed", lambda fn, repeats: timed.append(fn.__name__) or next(seconds)
     )
     monkeypatch.setattr(budget, "_clock", lambda: 0.0)  # the timing run itself: no time
-    config = build_config("fast", {"batch_size": 64, "width": 32, "whiten_bias_epochs": 1})
+    config = build_config("fast-sgd", {"batch_size": 64, "width": 32, "whiten_bias_epochs": 1})
     lines = []
     # 400 examples / 64: 6 steps an epoch, the first 6 at 1.0 s, then 0.5 s (each with the
     # margin); 15 s of startup; a quarter of a second to spare after the 16th step
     m = budget.STEP_MARGIN
     minutes = (15 + m * (6 * 1.0 + 10 * 0.5) + 0.25) / 60
     steps = budget.steps_for_budget(config, minutes, 400, 100, log=lines.append)
-    assert steps == 16 and timed == ["step", "step", "evaluate"]
+    assert steps == 16 and timed == ["one_step", "one_step", "evaluate"]
     assert (
         f"{m:.2f}, {0.5 * m:.2f} s a step" in lines[0] and "16 steps (2.7 epochs) fit" in lines[0]
     )

@@ -1,21 +1,20 @@
-"""The training-FLOP count behind BENCHMARKS.md's FLOP figures (benchmarks/time_to_accuracy.py)."""
+"""The training-FLOP count (cifarlab/flops.py) behind --budget's neighbours, `bench train
+--json`, `experiment show` and BENCHMARKS.md's FLOP figures."""
 
-import sys
-from pathlib import Path
-
-import torch
+import pytest
 
 from cifarlab.config import build_config
+from cifarlab.flops import counted_step_flops, step_flops, training_flops
+from cifarlab.recipes import TrainingPlan
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-from time_to_accuracy import flops_per_step, run_plan, training_flops  # noqa: E402
 
-CPU = torch.device("cpu")
+def _plan(config, steps, examples):
+    return TrainingPlan(steps, examples // config.run.batch_size, config.run.batch_size, examples)
 
 
 def test_a_step_counts_the_forward_and_backward_matrix_products():
-    config = build_config("fast", {"width": 32, "batch_size": 8})
-    step = flops_per_step(config, CPU)
+    config = build_config("fast-sgd", {"width": 32, "batch_size": 8})
+    step = step_flops(config, 0, _plan(config, 100, 50_000))
     # By hand, per image: each convolution 2 x out_h x out_w x out_ch x in_ch x k x k FLOPs
     # forward (32-px images: whitening 2x2 -> 31 px, then 3x3 same-padded convs, 2x2 pools).
     convs = [(31, 24, 3, 2), (31, 8, 24, 3), (15, 8, 8, 3), (15, 32, 8, 3), (7, 32, 32, 3),
@@ -29,21 +28,45 @@ def test_a_step_counts_the_forward_and_backward_matrix_products():
     assert step == expected
 
 
+@pytest.mark.parametrize("recipe", ["fast-sgd", "fast", "tutorial"])
+def test_the_count_extrapolated_from_two_small_batches_is_the_direct_count(recipe):
+    # Muon's orthogonalization costs the same at any batch; everything else is per image.
+    config = build_config(
+        recipe, {"batch_size": 40, "width": 32} if recipe != "tutorial" else {"batch_size": 40}
+    )
+    plan = _plan(config, 100, 50_000)
+    direct = counted_step_flops(config, 0, plan, 40)
+    assert step_flops(config, 0, plan) == direct
+    if recipe == "fast":  # and the batch-independent part is really there
+        per_image = counted_step_flops(config, 0, plan, 4) - counted_step_flops(config, 0, plan, 2)
+        assert direct - 20 * per_image > 0
+
+
 def test_a_run_sums_each_epochs_steps_at_that_epochs_image_size():
     # Progressive resizing: the first epoch on 24-px crops, then full size; 50 examples at
     # batch 10 are 5 steps an epoch, and 12 steps end 2 steps into the third epoch.
-    config = build_config("fast", {"width": 32, "batch_size": 10, "small_epochs": 1})
-    plan = run_plan(config, 12, train_examples=50)
-    small, full = flops_per_step(config, CPU, 0, plan), flops_per_step(config, CPU, 5, plan)
+    config = build_config(
+        "fast-sgd", {"width": 32, "batch_size": 10, "small_epochs": 1, "max_steps": 12}
+    )
+    plan = _plan(config, 12, 50)
+    small, full = step_flops(config, 0, plan), step_flops(config, 5, plan)
     assert small < 0.7 * full
-    assert training_flops(config, CPU, steps=12, train_examples=50) == 5 * small + 7 * full
+    counted = training_flops(config, train_examples=50)
+    assert counted["run_flops"] == 5 * small + 7 * full and counted["kinds"] == 2
 
 
 def test_once_the_whitening_bias_is_frozen_block_1_skips_its_input_gradient():
     # 5 steps an epoch; the bias trains for the first 1.4 epochs: steps 0-6.
-    config = build_config("fast", {"width": 32, "batch_size": 10, "whiten_bias_epochs": 1.4})
-    plan = run_plan(config, 12, train_examples=50)
-    trains, frozen = flops_per_step(config, CPU, 6, plan), flops_per_step(config, CPU, 7, plan)
+    config = build_config("fast-sgd", {"width": 32, "batch_size": 10, "whiten_bias_epochs": 1.4,
+                                       "max_steps": 12})  # fmt: skip
+    plan = _plan(config, 12, 50)
+    trains, frozen = step_flops(config, 6, plan), step_flops(config, 7, plan)
     block1_input_gradient = 10 * 2 * 31 * 31 * 8 * 24 * 3 * 3  # conv 3x3, 24 -> 8 channels
     assert trains - frozen == block1_input_gradient
-    assert training_flops(config, CPU, steps=12, train_examples=50) == 7 * trains + 5 * frozen
+    assert training_flops(config, train_examples=50)["run_flops"] == 7 * trains + 5 * frozen
+
+
+def test_the_global_batch_over_processes_sets_the_steps_per_epoch():
+    config = build_config("fast-sgd", {"width": 32, "batch_size": 10, "max_steps": 4})
+    one, two = training_flops(config, 100), training_flops(config, 100, world_size=2)
+    assert two["step_flops"] == 2 * one["step_flops"] and two["run_flops"] == 2 * one["run_flops"]

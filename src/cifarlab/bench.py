@@ -69,7 +69,7 @@ def _bench_setup(recipe: str, overrides: dict | None, seed: int, device: str):
     config = build_config(recipe, {**(overrides or {}), "run_dir": "unused", "seed": seed})
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
-    return config, get_recipe(config.recipe, config.params), pick_device(device)
+    return config, config.recipe, pick_device(device)
 
 
 def training_state(recipe: str, overrides: dict | None, seed: int, device: str):
@@ -122,9 +122,14 @@ def bench_train(
             apply_step(state, forward_step(state, recipe_obj, state.plan))
 
     batch = state.batches.global_batch_size
-    return _measure(
+    result = _measure(
         lambda: run(warmup_steps), lambda: run(steps), steps * batch, repeats, dev, batch
     )
+    from .data.datasets import split_sizes
+    from .flops import training_flops
+
+    counted = training_flops(config, split_sizes(config.run)[0])
+    return {**result, **counted, "max_steps": config.run.max_steps}
 
 
 def bench_eval(

@@ -87,9 +87,14 @@ def _print_rates(title: str, result: dict, as_json: bool) -> int:
     for i, rate in enumerate(result["runs"], 1):
         print(f"  run {i}: {rate:,.0f} images/s")
     print(f"  median: {result['images_per_second']:,.0f} images/s")
+    extra = {}
+    if "run_flops" in result:  # bench train: the FLOPs of a run with these settings
+        print(f"  training FLOPs: {result['step_flops']:.3g} a step (the first), "
+              f"{result['run_flops']:.3g} for a run of {result['max_steps']:,} steps")  # fmt: skip
+        extra = {k: result[k] for k in ("step_flops", "run_flops", "max_steps")}
     if as_json:
         print(json.dumps({"images_per_second": round(result["images_per_second"], 1),
-                          "warmup_seconds": round(result.get("warmup_seconds", 0.0), 2)}))  # fmt: skip
+                          "warmup_seconds": round(result.get("warmup_seconds", 0.0), 2), **extra}))  # fmt: skip
     return 0
 
 
@@ -110,21 +115,12 @@ def _asked_train_fields(args: argparse.Namespace) -> dict:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .config import DEFAULT_RECIPE, build_config
-    from .run.config_file import saved_recipe
     from .train.loop import Interrupted, train
 
-    asked = _asked_train_fields(args)
-    # A continued run keeps its recipe unless one is named.
-    recipe = asked.get("recipe") or (asked.get("run_dir") and saved_recipe(Path(asked["run_dir"])))
-    config = build_config(recipe or DEFAULT_RECIPE, asked)
-    if args.budget is not None:
-        config = _fit_budget(config, asked, args.budget)
-    asked = {name: config.get(name) for name in asked}  # converted to the fields' types
+    config, asked = resolve_train_config(args)
     try:
-        result = train(config, asked, progress=False if args.no_progress else None)
+        result = train(config, asked, progress=False if args.no_progress else None,
+                       clock_start=args.clock_start)  # fmt: skip
     except Interrupted as e:
         print(f"cifarlab train: {e}", file=sys.stderr)
         return 128 + e.signum
@@ -135,10 +131,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_train_config(args: argparse.Namespace):
+    """(config, asked): the configuration `cifarlab train` with these flags trains, and the
+    fields the user set, converted to their types."""
+    from pathlib import Path
+
+    from .config import DEFAULT_RECIPE, build_config
+    from .run.config_file import saved_recipe
+
+    asked = _asked_train_fields(args)
+    # A continued run keeps its recipe unless one is named.
+    recipe = asked.get("recipe") or (asked.get("run_dir") and saved_recipe(Path(asked["run_dir"])))
+    config = build_config(recipe or DEFAULT_RECIPE, asked)
+    if args.budget is not None:
+        config = _fit_budget(config, asked, args.budget)
+    return config, {name: config.get(name) for name in asked}
+
+
 def _fit_budget(config, asked: dict, minutes: float):
     """--budget: the steps that fit, measured here; saved as max_steps."""
     from .config import build_config
-    from .data.layout import dataset_info
+    from .data.datasets import split_sizes
     from .run.device import pick_device
     from .train.budget import steps_for_budget
 
@@ -147,15 +160,11 @@ def _fit_budget(config, asked: dict, minutes: float):
     if (config.run_dir / "config.json").is_file():
         print(f"{config.run_dir} holds a run: --budget is ignored, its saved length is kept")
         return config
-    run = config.run
-    info = dataset_info(run.dataset)
-    if run.synthetic:
-        classes = info.num_classes
-        examples = (run.synthetic_train_per_class * classes, run.synthetic_test_per_class * classes)
-    else:
-        examples = (info.examples["train"], info.examples["test"])
-    asked["max_steps"] = steps_for_budget(config, minutes, *examples, pick_device(run.device))
-    return build_config(config.recipe, asked)
+    examples = split_sizes(config.run)
+    asked["max_steps"] = steps_for_budget(
+        config, minutes, *examples, pick_device(config.run.device)
+    )
+    return build_config(config.recipe_spec, asked)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -326,12 +335,20 @@ def _download_parser(commands) -> None:
 
 
 def _train_parser(commands) -> None:
-    from .recipes import recipe_names
-
     p = commands.add_parser("train", help="train a recipe (default: the tutorial on CIFAR-10)",
                             description="Train, or continue the run in --run-dir. Flags left out keep the recipe's "
                                         "(or the saved run's) values. Recipe parameters: --set NAME=VALUE.")  # fmt: skip
-    p.add_argument("--recipe", choices=recipe_names(), help="what to train (default tutorial)")
+    _add_train_flags(p)
+    p.set_defaults(run=_cmd_train)
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """Every `cifarlab train` flag (`experiment run` and `plan` take them all too)."""
+    from .recipes import recipe_names
+
+    p.add_argument("--recipe", metavar="RECIPE",
+                   help=f"what to train: {', '.join(recipe_names())} (default tutorial), a recipe file "
+                        "(path/to/recipe.py[:NAME]) or module (package.module:NAME); docs/recipes.md")  # fmt: skip
     p.add_argument("--dataset", choices=["cifar10", "cifar100"], help="data set (default cifar10)")
     p.add_argument("--data-dir", help="data root (default: $CIFARLAB_DATA, else ~/.cache/cifarlab)")
     p.add_argument(
@@ -377,7 +394,6 @@ def _train_parser(commands) -> None:
     p.add_argument(
         "--json", action="store_true", help="print the final evaluation as one JSON line"
     )
-    p.set_defaults(run=_cmd_train)
 
 
 def _eval_parser(commands) -> None:
@@ -478,7 +494,8 @@ def _bench_parser(commands) -> None:
     for name, help_text in (("train", "images/s of the real training step"),
                             ("eval", "images/s of evaluation (preprocessing and forward)")):  # fmt: skip
         b = what.add_parser(name, help=help_text)
-        b.add_argument("--recipe", choices=recipe_names(), default="tutorial")
+        b.add_argument("--recipe", default="tutorial", metavar="RECIPE",
+                       help=f"{', '.join(recipe_names())}, a recipe file or module:NAME (default tutorial)")  # fmt: skip
         b.add_argument("--batch-size", type=_at_least(1),
                        help="images per step (default: the recipe's) or per evaluated batch (default 128)")  # fmt: skip
         if name == "train":
@@ -505,15 +522,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="CIFAR-10/100 training system: the classic TensorFlow tutorial in PyTorch, and past it.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from .experiment.cli import experiment_parser
+
     for add in (_download_parser, _train_parser, _eval_parser, _predict_parser, _export_parser,
-                _report_parser, _bench_parser):  # fmt: skip
+                _report_parser, _bench_parser, experiment_parser):  # fmt: skip
         add(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    import time
+
+    clock_start = time.perf_counter()  # wall times "from the command" start here
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.clock_start = clock_start
     from .allocator import configure_allocator
 
     configure_allocator()

@@ -78,25 +78,36 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What config.json holds: the recipe's name, the run fields, the recipe's parameters."""
+    """A resolved configuration: the recipe (built once, with its parameters), the run
+    fields, and where the recipe's code came from. config.json holds all but the object."""
 
-    recipe: str
+    recipe_spec: str  # what --recipe said, normalized: a name, a file's absolute path, module:NAME
     run: RunConfig
     params: Any  # the recipe's frozen Params dataclass
+    source: Any = dataclasses.field(compare=False)  # recipes.loading.RecipeSource
+    recipe: Any = dataclasses.field(compare=False, repr=False)  # the Recipe, with these params
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.run.run_dir or f"runs/{self.recipe}")
+        return Path(self.run.run_dir or f"runs/{self.short_name}")
+
+    @property
+    def short_name(self) -> str:
+        """The recipe's name for directories and logs (a file recipe: its file's stem)."""
+        if self.source.kind == "file":
+            return Path(self.recipe_spec.split(":")[0]).stem
+        return self.recipe_spec
 
     def get(self, name: str) -> Any:
         if name == "recipe":
-            return self.recipe
+            return self.recipe_spec
         return getattr(self.run if name in RUN_FIELDS else self.params, name)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": 2,
-            "recipe": self.recipe,
+            "recipe": self.recipe_spec,
+            "recipe_source": self.source.to_dict(),
             "run": dataclasses.asdict(self.run),
             "params": dataclasses.asdict(self.params),
         }
@@ -104,10 +115,18 @@ class TrainConfig:
     def flat(self) -> dict[str, Any]:
         """Every field by name, for logs and reports."""
         return {
-            "recipe": self.recipe,
+            "recipe": self.recipe_spec,
             **dataclasses.asdict(self.run),
             **dataclasses.asdict(self.params),
         }
+
+    def global_batch_size(self, world_size: int = 1) -> int:
+        return global_batch_size(self.run, world_size)
+
+
+def global_batch_size(run: RunConfig, world_size: int = 1) -> int:
+    """Images per optimizer step over all processes: the one place this is computed."""
+    return run.global_batch_size or run.batch_size * world_size
 
 
 RUN_FIELDS = frozenset(field_names(RunConfig))
@@ -125,20 +144,22 @@ def check_names(values: dict[str, Any], recipe, where: str) -> None:
 
 
 def build_config(
-    recipe_name: str = DEFAULT_RECIPE, asked: dict[str, Any] | None = None
+    recipe_spec: str = DEFAULT_RECIPE, asked: dict[str, Any] | None = None, saved_source=None
 ) -> TrainConfig:
     """The recipe's defaults with `asked` (already merged from file, --set, flags) applied.
-    Values may be strings (from --set): they are converted to each field's type here."""
-    from .recipes import get_recipe
+    Values may be strings (from --set): they are converted to each field's type here.
+    `saved_source`: the recipe_source a saved run recorded, to notice changed code."""
+    from .recipes import load_recipe
+    from .recipes.loading import check_unchanged
 
-    recipe = get_recipe(recipe_name)
+    cls, source = load_recipe(recipe_spec)
+    source = check_unchanged(source, saved_source)
     asked = {k: v for k, v in (asked or {}).items() if k != "recipe"}
-    check_names(asked, recipe, "configuration")
-    run_values = {**recipe.run_defaults, **{k: v for k, v in asked.items() if k in RUN_FIELDS}}
+    check_names(asked, cls, "configuration")
+    run_values = {**cls.run_defaults, **{k: v for k, v in asked.items() if k in RUN_FIELDS}}
     param_values = {k: v for k, v in asked.items() if k not in RUN_FIELDS}
-    return TrainConfig(
-        recipe_name, build(RunConfig, run_values), build(recipe.Params, param_values)
-    )
+    params = build(cls.Params, param_values)
+    return TrainConfig(source.spec, build(RunConfig, run_values), params, source, cls(params))
 
 
 def config_from_dict(values: dict[str, Any], where: str) -> TrainConfig:
@@ -153,7 +174,7 @@ def config_from_dict(values: dict[str, Any], where: str) -> TrainConfig:
             recipe, flat = _from_flat(values, where)
         if not isinstance(recipe, str):
             raise ConfigError(f"{where}: recipe must be a name, got {recipe!r}")
-        return build_config(recipe, flat)
+        return build_config(recipe, flat, values.get("recipe_source"))
     except (KeyError, TypeError, AttributeError) as e:
         raise ConfigError(
             f"{where}: not a cifarlab run configuration ({type(e).__name__}: {e})"
@@ -177,9 +198,7 @@ def _from_flat(values: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]
 
 def differing_fields(saved: TrainConfig, asked: dict[str, Any]) -> list[str]:
     """Fields the user asked for explicitly that differ from the saved run's and matter."""
-    from .recipes import get_recipe
-
-    recipe = get_recipe(saved.recipe)
+    recipe = saved.recipe
     may_change = resumable_names(RunConfig) | resumable_names(recipe.Params)
     if recipe.run_length_resumable:
         may_change.add("max_steps")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 from pathlib import Path
 
 import torch
 
 from .errors import CifarlabError, ConfigError
 from .run.config_file import load_config
+from .run.trained import warn_if_recipe_changed
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -36,6 +38,23 @@ def _series(records: list[dict], kind: str, key: str) -> tuple[list[int], list[f
         }.items()
     )
     return [p[0] for p in points], [p[1] for p in points]
+
+
+def _saved_fields(run_dir: Path) -> dict:
+    """The run's configuration for the report's table. The report reads only what the run
+    wrote, so a recipe file changed or gone since is said on stderr, not fatal."""
+    try:
+        config = load_config(run_dir)
+    except ConfigError as e:
+        try:
+            saved = json.loads((Path(run_dir) / "config.json").read_text())
+            fields = {"recipe": saved["recipe"], **saved["run"], **saved["params"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+        print(f"warning: {e}", file=sys.stderr)
+        return fields
+    warn_if_recipe_changed(config, run_dir)
+    return config.flat()
 
 
 def write_report(run_dir: Path) -> Path:
@@ -82,10 +101,7 @@ def write_report(run_dir: Path) -> Path:
         plt.close(fig)
         written.append(path)
 
-    try:
-        config = load_config(run_dir).flat()
-    except ConfigError:
-        config = {}
+    config = _saved_fields(run_dir)
     steps, precision = _series(records, "eval", "eval/precision_at_1")
     times = [r["time"] for r in records if r.get("kind") == "train" and "time" in r]
     _, speed = _series(records, "train", "examples_per_sec")

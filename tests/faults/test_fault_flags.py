@@ -11,7 +11,6 @@ USAGE = [  # (arguments, words the parser's one error line must hold)
     (["train", "--seed", "1.5"], ["--seed", "expected an integer"]),
     (["train", "--checkpoint-every", "0"], ["--checkpoint-every"]),
     (["train", "--log-every", "x"], ["--log-every"]),
-    (["train", "--recipe", "resnet"], ["--recipe", "invalid choice"]),
     (["train", "--dataset", "mnist"], ["--dataset", "invalid choice"]),
     (["eval", "RUN", "--batch-size", "0"], ["--batch-size"]),
     (["eval", "RUN", "--interval-secs", "-1"], ["--interval-secs", "positive"]),

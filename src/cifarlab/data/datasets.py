@@ -74,6 +74,15 @@ def data_root_for(run, run_dir: Path, *, fetch: bool) -> Path | str | None:
     return run.data_dir
 
 
+def split_sizes(run) -> tuple[int, int]:
+    """(training, test) examples of the run's data (`run`: a RunConfig), without reading it."""
+    info = dataset_info(run.dataset)
+    if run.synthetic:
+        classes = info.num_classes
+        return run.synthetic_train_per_class * classes, run.synthetic_test_per_class * classes
+    return info.examples["train"], info.examples["test"]
+
+
 def load_run_split(
     run, run_dir: Path, split: str, *, data_dir: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.loader import HardExamples
-from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -46,6 +45,13 @@ class TrainingPlan:
     steps_per_epoch: int
     global_batch_size: int
     train_examples: int
+
+    @classmethod
+    def for_run(cls, config, train_examples: int, world_size: int = 1) -> TrainingPlan:
+        """The plan the trainer makes for `config` (a TrainConfig) on this many examples:
+        each epoch's last partial global batch dropped, as data/loader.py drops it."""
+        batch = config.global_batch_size(world_size)
+        return cls(config.run.max_steps, train_examples // batch, batch, train_examples)
 
 
 class Recipe:
@@ -83,7 +89,7 @@ class Recipe:
         """Called before each training step's forward pass, with the unwrapped model: set any
         switches that depend on the step (never on history, so a resumed run sets the same).
         Returns a key for the kind of step: steps of one kind, on images of one shape, cost
-        the same FLOPs (benchmarks/time_to_accuracy.py counts one of each)."""
+        the same FLOPs (cifarlab/flops.py counts one of each)."""
         return None
 
     def weight_average(self, model: nn.Module, plan: TrainingPlan | None):
@@ -113,27 +119,41 @@ _REGISTRY: dict[str, type[Recipe]] = {}
 
 
 def register(cls: type[Recipe]) -> type[Recipe]:
-    """Class decorator: make a recipe available by its `name` (--recipe NAME)."""
+    """Class decorator: make a recipe available by its `name` (--recipe NAME) in this
+    process. Recipes in files or other packages need not register: see recipes/loading.py."""
     _REGISTRY[cls.name] = cls
     return cls
 
 
 def recipe_names() -> list[str]:
+    """The registered names: built in, and any an installed package adds (entry points)."""
+    from importlib.metadata import entry_points
+
+    from .loading import ENTRY_POINT_GROUP
+
     _load_builtin()
-    return sorted(_REGISTRY)
+    return sorted({*_REGISTRY, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
 
 
-def get_recipe(name: str, params: Any = None) -> Recipe:
-    """The recipe named `name` with `params` (None: its defaults)."""
+def load_recipe(spec: str):
+    """(recipe class, RecipeSource) for a --recipe value: a name, a file or module:NAME."""
+    from .loading import resolve
+
     _load_builtin()
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown recipe {name!r}: available {', '.join(recipe_names())}"
-        ) from None
+    return resolve(spec, _REGISTRY, _BUILTIN)
+
+
+def get_recipe(spec: str, params: Any = None) -> Recipe:
+    """The recipe `spec` names, with `params` (None: its defaults)."""
+    cls, _ = load_recipe(spec)
     return cls(params)
 
 
+_BUILTIN: set[str] = set()
+
+
 def _load_builtin() -> None:
-    from . import fast, tutorial  # noqa: F401  (each registers itself)
+    if not _BUILTIN:
+        from . import fast, tutorial  # noqa: F401  (each registers itself)
+
+        _BUILTIN.update(n for n, c in _REGISTRY.items() if c.__module__.startswith(__name__ + "."))

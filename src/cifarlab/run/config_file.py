@@ -31,8 +31,10 @@ def load_config(run_dir: Path) -> TrainConfig:
 
 
 def saved_recipe(run_dir: Path) -> str | None:
-    """The recipe a run directory was trained with, if it holds a readable configuration."""
+    """The recipe spec a run directory's config.json names (not yet loaded: a missing or
+    changed recipe file is reported by whoever builds the configuration), if any."""
     try:
-        return load_config(run_dir).recipe
-    except ConfigError:
+        recipe = json.loads((Path(run_dir) / CONFIG).read_text()).get("recipe")
+    except (OSError, ValueError, AttributeError):
         return None
+    return recipe if isinstance(recipe, str) else None

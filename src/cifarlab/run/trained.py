@@ -3,6 +3,7 @@ a network holding one checkpoint's averaged (or raw) weights."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data.layout import DatasetInfo, dataset_info
 from ..errors import CifarlabError
-from ..recipes import Recipe, get_recipe
+from ..recipes import Recipe
 from .checkpoint import (
     CheckpointError,
     checkpoint_part,
@@ -63,6 +64,16 @@ def load_weights(model: nn.Module, weights: dict, path: Path) -> None:
         ) from None
 
 
+def warn_if_recipe_changed(config: TrainConfig, run_dir: Path) -> None:
+    """Reading a run whose recipe file changed since it trained: go on (the weights are what
+    they are; a changed network fails to load by name), but say so once, on stderr."""
+    source = config.source
+    if source.changed_from:
+        print(f"warning: {run_dir} was trained with {source.file} at sha256 {source.changed_from[:12]}; "
+              f"it has changed since (now {source.sha256[:12]}): using it as it is now",
+              file=sys.stderr)  # fmt: skip
+
+
 def open_run(
     run_dir: Path,
     checkpoint: Path | None = None,
@@ -75,7 +86,8 @@ def open_run(
     if not run_dir.is_dir():
         raise CifarlabError(f"{run_dir}: no such run directory")
     config = load_config(run_dir)
-    recipe = get_recipe(config.recipe, config.params)
+    warn_if_recipe_changed(config, run_dir)
+    recipe = config.recipe
     info = dataset_info(config.run.dataset)
     checkpoint = checkpoint or latest_checkpoint(run_dir)
     if checkpoint is None:

@@ -109,11 +109,10 @@ def gather_batch(values: torch.Tensor, placement: Placement) -> torch.Tensor:
 
 def per_rank_batch_size(run, world_size: int) -> int:
     """Images per process per step (`run`: a RunConfig): --batch-size, or
-    --global-batch-size split evenly."""
-    if not run.global_batch_size:
-        return run.batch_size
-    if run.global_batch_size % world_size:
-        raise ConfigError(
-            f"global batch {run.global_batch_size} does not divide among {world_size} processes"
-        )
-    return run.global_batch_size // world_size
+    --global-batch-size split evenly (config.global_batch_size: the total)."""
+    from ..config import global_batch_size
+
+    total = global_batch_size(run, world_size)
+    if total % world_size:
+        raise ConfigError(f"global batch {total} does not divide among {world_size} processes")
+    return total // world_size

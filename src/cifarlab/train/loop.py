@@ -11,6 +11,7 @@ a checkpoint every `checkpoint_every` and at the end. Only rank 0 logs and saves
 from __future__ import annotations
 
 import functools
+import json
 import platform
 import time
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from ..data.layout import dataset_info
 from ..data.loader import TrainBatches
 from ..errors import CifarlabError, ConfigError
 from ..evaluate import evaluate_model
-from ..recipes import Recipe, TrainingPlan, get_recipe
+from ..files import atomic_write
+from ..recipes import Recipe, TrainingPlan
 from ..run.checkpoint import remove_stale_temporaries, save_checkpoint, saved_average
 from ..run.config_file import save_config
 from ..run.status import write_status
@@ -68,9 +70,16 @@ class TrainingState:
     average: Any  # the recipe's weight average, or None
     loss_average: ScalarAverage
     plan: TrainingPlan  # what schedules are functions of, besides the step
+    seconds_before: float = 0.0  # wall time of earlier sittings, up to their last checkpoint
+    clock_start: float = 0.0  # perf_counter() when this sitting's command began
+
+    def seconds(self) -> float:
+        """Wall time the run has cost so far: earlier sittings (up to the checkpoint this one
+        resumed from) and this one since its command began."""
+        return self.seconds_before + time.perf_counter() - self.clock_start
 
     def snapshot(self, config: TrainConfig, world_size: int) -> dict:
-        return {
+        return {"seconds": self.seconds(),
             "step": self.step, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(),
             "average": self.average.state_dict() if self.average is not None else None,
@@ -90,6 +99,7 @@ class TrainingState:
         if self.average is not None:
             self.average.load_state_dict(saved_average(state, run_dir))
         self.step = int(state["step"])
+        self.seconds_before = float(state.get("seconds", 0.0))  # absent before it was saved
 
 
 @dataclass
@@ -183,23 +193,29 @@ def train(
     asked: dict | None = None,
     placement: Placement | None = None,
     progress: bool | None = None,
+    clock_start: float | None = None,
 ) -> TrainResult:
-    """Run (or continue) training as configured. `asked`: the fields the user set explicitly."""
+    """Run (or continue) training as configured. `asked`: the fields the user set explicitly.
+    `clock_start`: perf_counter() when the command began (default: now), for result.json's
+    wall time from command to accuracy."""
+    clock_start = time.perf_counter() if clock_start is None else clock_start
     placement = placement or distributed.setup(config.run.device)
     lock = None
     try:
         start, lock = agree_on_run(config, asked if asked is not None else config.flat(), placement)
-        return _train(start, placement, progress)
+        return _train(start, placement, progress, clock_start)
     finally:
         if lock is not None:
             lock.release()
         distributed.teardown()
 
 
-def _train(start: StartingPoint, placement: Placement, progress: bool | None) -> TrainResult:
+def _train(
+    start: StartingPoint, placement: Placement, progress: bool | None, clock_start: float
+) -> TrainResult:
     config = start.config
     run, run_dir, is_main = config.run, config.run_dir, placement.is_main
-    recipe = get_recipe(config.recipe, config.params)
+    recipe = config.recipe
     if run.threads:
         torch.set_num_threads(run.threads)
     info = dataset_info(run.dataset)
@@ -213,6 +229,7 @@ def _train(start: StartingPoint, placement: Placement, progress: bool | None) ->
     train_images, train_labels = load_run_split(run, run_dir, "train")
 
     state = build_state(config, recipe, placement, train_images, train_labels, info.num_classes)
+    state.clock_start = clock_start
     if start.state is not None:
         state.restore(start.state, placement.world_size, run_dir)
     batches, plan = state.batches, state.plan
@@ -223,7 +240,7 @@ def _train(start: StartingPoint, placement: Placement, progress: bool | None) ->
         report.console(f"resuming {run_dir} from {start.checkpoint_name} (step {state.step})")
     else:
         report.describe_new_run(config, recipe.eval_preprocess().to(placement.device))
-    report.console(f"training {config.recipe} on {info.title}{' (synthetic)' if run.synthetic else ''}: "
+    report.console(f"training {config.recipe_spec} on {info.title}{' (synthetic)' if run.synthetic else ''}: "
                    f"{train_images.shape[0]:,} images, batch {batches.global_batch_size} "
                    f"({placement.world_size} x {batches.batch_size}), {run.max_steps:,} steps, "
                    f"device {placement.device}, {torch.get_num_threads()} CPU threads, run dir {run_dir}")  # fmt: skip
@@ -276,9 +293,34 @@ def _train(start: StartingPoint, placement: Placement, progress: bool | None) ->
                        f"step {state.step}); trained {time.perf_counter() - started:.0f} s on "
                        f"{platform.node() or 'this machine'}")  # fmt: skip
         report.close()
+        write_result(run_dir, config, state, result, placement.world_size)
         write_status(run_dir, "finished", state.step, run.max_steps)
     distributed.barrier(placement)  # leave together: see the barrier before Interrupted
     return TrainResult(step=state.step, run_dir=run_dir, eval=result)
+
+
+RESULT = "result.json"
+
+
+def write_result(run_dir: Path, config: TrainConfig, state: TrainingState, evaluation: dict,
+                 world_size: int) -> None:  # fmt: skip
+    """RUN_DIR/result.json: the run's final figures in one small file (what `experiment show`
+    reads): the final evaluation, the wall time from command to accuracy, training FLOPs."""
+    from ..flops import training_flops
+    from ..machine import cpu_name
+
+    seconds = state.seconds()  # to the accuracy: not the counting below
+    flops = training_flops(config, state.plan.train_examples, world_size)
+    record = {
+        "precision_at_1": evaluation["precision_at_1"], "loss": evaluation["loss"],
+        "correct": evaluation["correct"], "examples": evaluation["examples"],
+        "tta": config.recipe.final_eval_tta, "step": state.step, "seed": config.run.seed,
+        "seconds": round(seconds, 3), "training_flops": flops["run_flops"],
+        "step_flops": flops["step_flops"], "world_size": world_size, "recipe": config.recipe_spec,
+        "recipe_sha256": config.source.sha256, "torch": torch.__version__,
+        "machine": platform.node(), "cpu": cpu_name(), "threads": torch.get_num_threads(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }  # fmt: skip
+    atomic_write(run_dir / RESULT, json.dumps(record, indent=1) + "\n")
 
 
 def final_evaluation(

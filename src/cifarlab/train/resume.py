@@ -37,6 +37,7 @@ def resolve_run(config: TrainConfig, asked: dict) -> StartingPoint:
     if not (run_dir / "config.json").is_file():
         raise ConfigError(f"{run_dir} holds checkpoints but no config.json: name a new --run-dir")
     saved = load_config(run_dir)
+    refuse_changed_recipe(saved, run_dir)
     differ = differing_fields(saved, asked)
     if differ:
         details = ", ".join(
@@ -45,9 +46,19 @@ def resolve_run(config: TrainConfig, asked: dict) -> StartingPoint:
         raise ConfigError(f"{run_dir} holds a run with a different configuration: {details}. "
                           "To start over, name a new --run-dir; nothing is ever deleted")  # fmt: skip
     values = {**saved.flat(), **asked, "run_dir": str(run_dir)}
-    resumed = build_config(saved.recipe, values)
+    resumed = build_config(saved.recipe_spec, values)
     state, name, notes = newest_intact_checkpoint(found)
     return StartingPoint(resumed, state, name, notes)
+
+
+def refuse_changed_recipe(saved: TrainConfig, run_dir: Path) -> None:
+    """A run continues only on the code it started with: changed code would make the
+    continued run neither the old run nor a new one."""
+    source = saved.source
+    if source.changed_from:
+        raise ConfigError(f"{run_dir} was trained with {source.file} at sha256 {source.changed_from[:12]}; "
+                          f"the file has changed since (now {source.sha256[:12]}), so the run cannot "
+                          "continue exactly: restore the file, or name a new --run-dir")  # fmt: skip
 
 
 def newest_intact_checkpoint(found: list[tuple[int, Path]]) -> tuple[dict, str, list[str]]:

@@ -1,0 +1,183 @@
+"""`cifarlab experiment run | plan | show | compare`: the subcommands' flags and printing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+
+
+def experiment_parser(commands) -> None:
+    from ..cli import _add_train_flags, _at_least
+
+    p = commands.add_parser("experiment", help="one configuration over many seeds: run, plan, show, compare",
+                            description="Train a configuration over seeds, each seed an ordinary run directory "
+                                        "in EXP_DIR, and judge it with its uncertainty (docs/experiments.md).")  # fmt: skip
+    what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    for name, help_text in (("run", "train the seeds here, one after another (or --jobs at once)"),
+                            ("plan", "write one self-contained `cifarlab train` command per seed, for any scheduler")):  # fmt: skip
+        r = what.add_parser(name, help=help_text,
+                            description=f"{help_text}. Every `cifarlab train` flag is accepted and given to each "
+                                        "seed's run, except --seed and --run-dir (from --seeds and EXP_DIR).")  # fmt: skip
+        r.add_argument("exp_dir", metavar="EXP_DIR")
+        r.add_argument("--seeds", required=True, help="seeds, e.g. 0-9 or 0-4,10-14")
+        if name == "run":
+            r.add_argument("--jobs", type=_at_least(1), default=1,
+                           help="seeds trained at once, the cores divided between them (default 1)")  # fmt: skip
+        else:
+            r.add_argument("--out", help="the commands file (default EXP_DIR/commands.txt)")
+        _add_train_flags(r)
+        r.set_defaults(run=_cmd_run if name == "run" else _cmd_plan)
+    s = what.add_parser("show", help="per seed accuracy, time and FLOPs; mean, std, 95%% interval")
+    s.add_argument("exp_dir", metavar="EXP_DIR")
+    s.add_argument("--json", action="store_true", help="print the summary as one JSON line last")
+    s.set_defaults(run=_cmd_show)
+    c = what.add_parser(
+        "compare", help="B against A: difference of means, 95%% interval, Welch's p, a PNG"
+    )
+    c.add_argument("exp_a", metavar="A")
+    c.add_argument("exp_b", metavar="B")
+    c.add_argument("--png", help="the picture (default compare-A-vs-B.png here)")
+    c.add_argument("--json", action="store_true", help="print the comparison as one JSON line last")
+    c.set_defaults(run=_cmd_compare)
+
+
+def _set_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _resolve(args: argparse.Namespace, for_plan: bool):
+    """(Experiment, seeds asked): the configuration checked in full here, before any seed
+    runs, and EXP_DIR created or checked to hold this same experiment."""
+    from ..cli import _asked_train_fields, _fit_budget
+    from ..config import DEFAULT_RECIPE, build_config
+    from .spec import claim, identity, load_experiment, parse_seeds, seed_dir
+
+    for flag, value in (("--seed", args.seed), ("--run-dir", args.run_dir)):
+        if value is not None:
+            raise ConfigError(f"{flag}: an experiment's seeds come from --seeds and their run directories from EXP_DIR")  # fmt: skip
+    if for_plan and args.budget is not None:
+        raise ConfigError("--budget times this machine; a plan runs elsewhere: give --max-steps")
+    seeds = parse_seeds(args.seeds)
+    exp_dir = Path(args.exp_dir)
+    saved = load_experiment(exp_dir)
+    asked = _asked_train_fields(args)
+    if saved is not None and not asked and args.budget is None:
+        return claim(exp_dir, saved.recipe, saved.fields, saved.train_args, seeds), seeds
+    recipe = asked.get("recipe") or DEFAULT_RECIPE
+    first = {**asked, "seed": seeds[0], "run_dir": str(seed_dir(exp_dir, seeds[0]))}
+    config = build_config(recipe, first)
+    if args.budget is not None:
+        if "max_steps" in asked:
+            raise ConfigError("--budget and --max-steps both set the run's length: give one")
+        if saved is not None:  # timed once, when the experiment began: every seed runs as long
+            asked["max_steps"] = saved.fields.get("max_steps")
+            config = build_config(recipe, {**first, "max_steps": asked["max_steps"]})
+        else:
+            config = _fit_budget(config, asked, args.budget)
+    train_args = ["--recipe", config.recipe_spec]
+    for name in sorted(asked):
+        if name not in ("recipe", "seed", "run_dir"):
+            train_args += ["--set", f"{name}={_set_value(config.get(name))}"]
+    return claim(exp_dir, config.recipe_spec, identity(config), train_args, seeds), seeds
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runner import SeedsStopped, default_threads, run_seeds
+
+    experiment, seeds = _resolve(args, for_plan=False)
+    print(f"experiment {experiment.exp_dir}: {experiment.recipe}, seeds {args.seeds}, "
+          f"{args.jobs} at a time", flush=True)  # fmt: skip
+    try:
+        codes = run_seeds(experiment, seeds, jobs=args.jobs, threads=default_threads(args.jobs),
+                          say=lambda line: print(line, flush=True))  # fmt: skip
+    except SeedsStopped as e:
+        print(f"cifarlab experiment: {e}", file=sys.stderr)
+        return 128 + e.signum
+    failed = sorted(seed for seed, code in codes.items() if code != 0)
+    _print_show(experiment.exp_dir, as_json=False)
+    if failed:
+        print(f"cifarlab experiment: error: seed(s) {', '.join(map(str, failed))} failed; "
+              f"see {experiment.exp_dir}/seed-N.log", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    experiment, seeds = _resolve(args, for_plan=True)
+    out = Path(args.out) if args.out else experiment.exp_dir / "commands.txt"
+    lines = [experiment.shell_command(seed) for seed in seeds]
+    from ..files import atomic_write
+
+    atomic_write(out, "\n".join(lines) + "\n")
+    print(f"wrote {len(lines)} command(s) to {out}; run them anywhere the data is (docs/experiments.md), "
+          f"then: cifarlab experiment show {shlex.quote(str(experiment.exp_dir))}")  # fmt: skip
+    return 0
+
+
+def _print_show(exp_dir: Path, as_json: bool) -> dict:
+    from .results import show
+
+    out = show(exp_dir)
+    print(f"{exp_dir}")
+    print("| seed | accuracy | seconds | training FLOPs | state |\n|---:|---:|---:|---:|---|")
+    for r in out["seeds"]:
+        if r["finished"]:
+            print(
+                f"| {r['seed']} | {r['accuracy']:.2%} | {r['seconds']:.0f} | {r['flops']:.3g} | finished |"
+            )
+        else:
+            print(f"| {r['seed']} | | | | {r['state']} |")
+    if out["n"]:
+        line = f"n {out['n']}, mean {out['mean']:.2%}"
+        if out["n"] > 1:
+            low, high = out["ci95"]
+            line += f" (95% interval {low:.2%} to {high:.2%}), std {100 * out['std']:.2f} points"
+        line += (
+            f", min {out['min']:.2%}, max {out['max']:.2%}; median {out['median_seconds']:.0f} s"
+        )
+        print(line)
+    else:
+        print("no finished seed yet")
+    if out["unfinished"]:
+        print(f"unfinished (not counted): seed(s) {', '.join(map(str, out['unfinished']))}")
+    if as_json:
+        print(json.dumps(out))
+    return out
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    _print_show(Path(args.exp_dir), args.json)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .plot import plot_comparison
+    from .results import compare
+
+    a, b = Path(args.exp_a), Path(args.exp_b)
+    result = compare(a, b)
+    names = (a.resolve().name, b.resolve().name)
+    png = Path(args.png) if args.png else Path(f"compare-{names[0]}-vs-{names[1]}.png")
+    plot_comparison(result, png, names)
+    low, high = result["ci95"]
+    print(f"A {a}: n {result['n_a']}, mean {result['mean_a']:.2%}")
+    print(f"B {b}: n {result['n_b']}, mean {result['mean_b']:.2%}")
+    print(f"B - A: {100 * result['difference']:+.2f} points, 95% interval [{100 * low:+.2f}, {100 * high:+.2f}], "
+          f"Welch's p = {result['p_value']:.3g}")  # fmt: skip
+    need = result["seeds_for_power"]
+    print(
+        f"seeds a side to detect a difference this large at 80% power: {need if need else 'none would'}"
+    )
+    print(f"wrote {png}")
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if not k.startswith("values_")}))
+    return 0

@@ -1,0 +1,161 @@
+"""Running an experiment's seeds on this machine: each one a `cifarlab train` process, so a
+seed costs what the same command typed by hand costs, and a seed's run directory is an
+ordinary run (it resumes by itself from its newest checkpoint)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ..errors import CifarlabError
+from ..run.lock import RunDirectoryBusy, RunLock
+from .results import seed_result
+from .spec import Experiment, seed_dir
+
+LOCK_WAIT_SECONDS = (
+    120.0  # a trainer orphaned by a killed experiment writes its checkpoint, then goes
+)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the experiment process dies, however it dies,
+    so a killed experiment leaves no trainer behind (SIGTERM: it checkpoints and stops)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the orphan finishes its seed, and the rerun waits for its lock
+
+
+def wait_until_free(run_dir: Path, timeout: float = LOCK_WAIT_SECONDS) -> None:
+    """Wait for any trainer still holding the seed's run directory to let go."""
+    if not (run_dir / ".lock").exists():
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            RunLock(run_dir).acquire().release()
+            return
+        except RunDirectoryBusy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+class SeedProcess:
+    """One seed's `cifarlab train`, its output appended to EXP_DIR/seed-N.log (and echoed)."""
+
+    def __init__(self, experiment: Experiment, seed: int, threads: int | None, echo: bool,
+                 ended: queue.Queue) -> None:  # fmt: skip
+        self.seed, self.ended = seed, ended
+        self.log_path = Path(experiment.exp_dir) / f"seed-{seed}.log"
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            experiment.command(seed, threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            start_new_session=True,  # a terminal's Ctrl-C reaches the runner alone: it passes one on
+        )  # fmt: skip
+        self.copier = threading.Thread(target=self._copy, args=(echo,), daemon=True)
+        self.copier.start()
+
+    def _copy(self, echo: bool) -> None:
+        for line in self.process.stdout:
+            self.log.write(line)
+            self.log.flush()
+            if echo:
+                sys.stdout.write(f"[seed {self.seed}] {line.decode(errors='replace')}")
+                sys.stdout.flush()
+        self.process.wait()
+        self.ended.put(self)  # wakes the runner at once: no polling delay between seeds
+
+    def finish(self) -> int:
+        code = self.process.wait()
+        self.copier.join()
+        self.log.close()
+        return code
+
+
+def run_seeds(experiment: Experiment, seeds: list[int], jobs: int = 1, threads: int | None = None,
+              say=print) -> dict[int, int]:  # fmt: skip
+    """Train every unfinished seed, `jobs` at a time; returns {seed: exit code} of those run.
+    SIGTERM or Ctrl-C: the running seeds checkpoint and stop (rerun the command to go on)."""
+    todo = []
+    for seed in seeds:
+        if seed_result(seed_dir(experiment.exp_dir, seed)) is not None:
+            say(f"seed {seed}: finished before, skipped")
+        else:
+            todo.append(seed)
+    running: list[SeedProcess] = []
+    ended: queue.Queue = queue.Queue()
+    codes: dict[int, int] = {}
+    stopping: list[int] = []
+
+    def stop(signum, frame) -> None:  # pass SIGTERM on; the trainers checkpoint and exit
+        stopping.append(signum)
+        for p in running:
+            if p.process.poll() is None:
+                p.process.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        while (todo and not stopping) or running:
+            while todo and len(running) < jobs and not stopping:
+                seed = todo.pop(0)
+                wait_until_free(seed_dir(experiment.exp_dir, seed))
+                say(f"seed {seed}: training (log: {experiment.exp_dir / f'seed-{seed}.log'})")
+                running.append(SeedProcess(experiment, seed, threads, echo=jobs == 1, ended=ended))
+            if running:
+                p = ended.get()
+                running.remove(p)
+                codes[p.seed] = p.finish()
+                say(_outcome(experiment, p.seed, codes[p.seed], stopped=bool(stopping)))
+    except KeyboardInterrupt:  # Ctrl-C: the trainers checkpoint and stop, then so do we
+        for p in running:
+            if p.process.poll() is None:
+                p.process.send_signal(signal.SIGINT)  # once: a second would stop it unsaved
+            codes[p.seed] = p.finish()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if stopping:
+        raise SeedsStopped(stopping[0])
+    return codes
+
+
+class SeedsStopped(CifarlabError):
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}; rerun the same command to go on")
+        self.signum = signum
+
+
+def _outcome(experiment: Experiment, seed: int, code: int, stopped: bool = False) -> str:
+    result = seed_result(seed_dir(experiment.exp_dir, seed))
+    if stopped and result is None:
+        return f"seed {seed}: stopped ({_last_line(Path(experiment.exp_dir) / f'seed-{seed}.log')})"
+    if code == 0 and result is not None:
+        return (f"seed {seed}: {result['accuracy']:.2%} in {result['seconds']:.0f} s "
+                f"({result['flops']:.3g} training FLOPs)")  # fmt: skip
+    tail = _last_line(Path(experiment.exp_dir) / f"seed-{seed}.log")
+    return f"seed {seed}: failed (exit {code}): {tail}"
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no output"
+    return lines[-1] if lines else "no output"
+
+
+def default_threads(jobs: int) -> int | None:
+    """With several seeds at once, the cores divided between them; one seed: torch's default."""
+    if jobs <= 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // jobs)

@@ -1,0 +1,106 @@
+"""Training FLOPs: the one count behind `--budget`, `bench`, `experiment` and BENCHMARKS.md.
+
+A step's FLOPs are what torch's FLOP counter sees in forward, loss, backward and the
+optimizer step (matrix products and convolutions: Muon's orthogonalization counts, SGD's
+element-wise update does not, as the published records count). A step's cost depends only
+on the shape of the images the recipe makes in its epoch (progressive resizing) and on the
+kind of step the recipe's `prepare_step` names (a frozen layer needs fewer gradients), so
+each (shape, kind) is counted once and the run's total is the sum over its steps.
+
+Every counted operation is either per image (convolutions, the head) or independent of
+the batch (Muon's products on the filters), so a step's count is a + b x batch exactly:
+it is counted at two small batches and extrapolated, which takes well under a second where
+counting a real batch of 2,000 would take many.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .config import TrainConfig
+from .data.layout import dataset_info
+from .data.loader import BatchPosition
+from .errors import ConfigError
+from .recipes import TrainingPlan
+
+COUNTED_BATCHES = (2, 4)  # two points fix the line a + b x batch
+
+
+def counted_step_flops(config: TrainConfig, step: int, plan: TrainingPlan, batch: int,
+                       optimizer_step: bool = True) -> int:  # fmt: skip
+    """FLOPs of training step `step` of `plan`, counted directly at `batch` images (without
+    the optimizer's step if `optimizer_step` is false)."""
+    recipe = config.recipe
+    num_classes = dataset_info(config.run.dataset).num_classes
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, num_classes, (batch,), generator=g)
+    torch.manual_seed(0)
+    model = recipe.build_model(num_classes, images)
+    position = BatchPosition(step // plan.steps_per_epoch, 0, batch, torch.arange(batch))
+    x = recipe.train_transform(images, torch.Generator().manual_seed(0), position)
+    optimizer = recipe.build_optimizer(model)
+    for group, rate in zip(optimizer.param_groups, recipe.learning_rates(step, plan), strict=True):
+        group["lr"] = rate
+    recipe.prepare_step(model, step, plan)
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        with recipe.autocast(torch.device("cpu")):
+            logits = model(x)
+        loss, _ = recipe.loss(model, logits.float(), labels)
+        loss.backward()
+    passes = counter.get_total_flops()
+    if not optimizer_step:
+        return int(passes)
+    with FlopCounterMode(display=False) as counter:
+        optimizer.step()
+    return int(passes + counter.get_total_flops())
+
+
+def step_flops(config: TrainConfig, step: int, plan: TrainingPlan) -> int:
+    """FLOPs of training step `step` at the plan's global batch (see the module's note):
+    forward and backward counted at two small batches and extrapolated, the optimizer's
+    step (the same at any batch) counted once."""
+    small, large = COUNTED_BATCHES
+    with_step = counted_step_flops(config, step, plan, small)
+    a, b = (
+        counted_step_flops(config, step, plan, n, optimizer_step=False) for n in COUNTED_BATCHES
+    )
+    per_image = (b - a) // (large - small)
+    return with_step + (plan.global_batch_size - small) * per_image
+
+
+def image_shape(config: TrainConfig, epoch: int) -> tuple[int, ...]:
+    """The shape of one model input the recipe makes in `epoch`."""
+    probe = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
+    position = BatchPosition(epoch, 0, 2, torch.arange(2))
+    return tuple(
+        config.recipe.train_transform(probe, torch.Generator().manual_seed(0), position).shape[1:]
+    )
+
+
+def training_flops(config: TrainConfig, train_examples: int, world_size: int = 1) -> dict:
+    """{"run_flops": the run's total, "step_flops": its first step's, "kinds": distinct
+    kinds of step} for `config` trained on `train_examples` examples."""
+    plan = TrainingPlan.for_run(config, train_examples, world_size)
+    if plan.steps_per_epoch == 0:
+        raise ConfigError(f"{train_examples} training examples cannot fill one global batch of "
+                          f"{plan.global_batch_size}: use a smaller --batch-size")  # fmt: skip
+    num_classes = dataset_info(config.run.dataset).num_classes
+    probe_model = config.recipe.build_model(
+        num_classes, torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
+    )
+    by_kind: dict = {}
+    total = 0
+    shapes: dict[int, tuple] = {}  # by epoch
+    for step in range(plan.max_steps):
+        epoch = step // plan.steps_per_epoch
+        if epoch not in shapes:
+            shapes[epoch] = image_shape(config, epoch)
+        key = (shapes[epoch], config.recipe.prepare_step(probe_model, step, plan))
+        if key not in by_kind:
+            by_kind[key] = step_flops(config, step, plan)
+        total += by_kind[key]
+    first = next(iter(by_kind.values()))
+    return {"run_flops": total, "step_flops": first, "kinds": len(by_kind)}

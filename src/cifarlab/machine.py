@@ -1,0 +1,50 @@
+"""What machine a figure was measured on: the CPU's name (as `lscpu` gives it), the
+device's, and the device's measured fp32 matrix-product peak."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+
+import torch
+
+
+def cpu_name() -> str:
+    """`lscpu`'s model name (what BENCHMARKS.md names machines by), else Python's guess."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
+                    if line.startswith("Model name"))  # fmt: skip
+    except (OSError, subprocess.SubprocessError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()}, {torch.get_num_threads()} threads"
+
+
+def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
+    """fp32 [size x size] @ [size x size], best of `repeats` (the peak, not the typical).
+    On the CPU, the better of two libraries: torch.mm (MKL) and oneDNN's matmul, which the
+    convolutions use. On AMD CPUs MKL's GEMM does not use AVX-512 and reaches about half of
+    what oneDNN does, so torch.mm alone would understate the machine's peak."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    products = [lambda: a @ b]
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        a_dnn, b_dnn = a.to_mkldnn(), b.t().contiguous().to_mkldnn()
+        products.append(lambda: torch._C._nn.mkldnn_linear(a_dnn, b_dnn, None))
+    best = float("inf")
+    for product in products:
+        for _ in range(repeats + 2):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            product()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9

@@ -1,0 +1,256 @@
+"""`cifarlab experiment`: seeds as ordinary runs, a kill that costs only the interrupted
+seed's steps since its checkpoint, statistics that agree with an independent computation,
+and refusals in one line. Everything runs as a user runs it, in its own process."""
+
+import json
+import math
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from scipy import stats
+
+from cifarlab.experiment.results import seeds_for_power, summary
+from cifarlab.run.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--recipe", "fast-sgd", "--synthetic", "--set", "synthetic_train_per_class=12",
+        "--set", "synthetic_test_per_class=6", "--batch-size", "20", "--set", "width=16",
+        "--threads", "1", "--checkpoint-every", "2"]  # fmt: skip
+
+
+def cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "cifarlab", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+def ok(done):
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    return done
+
+
+def last_json(done):
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def one_line_error(done, *fragments):
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 1 and len(lines) == 1, (done.returncode, done.stderr[-3000:])
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_a_killed_experiment_reruns_to_the_same_results_retraining_nothing_finished(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    args = ["experiment", "run", "--seeds", "0-2", *TINY, "--max-steps", "12"]
+    ok(cli(*args[:2], straight, *args[2:]))
+    # Kill the experiment (SIGKILL: no chance to clean up) once seed 1 wrote its step-4
+    # checkpoint: seed 0 is finished, seed 1 interrupted, seed 2 not started.
+    process = subprocess.Popen([sys.executable, "-m", "cifarlab", *args[:2], str(killed), *args[2:]],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (killed / "seed-1" / "ckpt-00000004.pt").exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    seed0 = (killed / "seed-0" / "result.json").stat().st_mtime_ns
+    assert not (killed / "seed-1" / "result.json").exists() and not (killed / "seed-2").exists()
+    # The orphaned trainer of seed 1 was told to stop (it checkpoints first): the rerun waits for it.
+    rerun = ok(cli(*args[:2], killed, *args[2:]))
+    assert "seed 0: finished before, skipped" in rerun.stdout
+    assert (killed / "seed-0" / "result.json").stat().st_mtime_ns == seed0  # not retrained
+    assert "resuming" in (killed / "seed-1.log").read_text()  # from its checkpoint
+    a, b = (
+        last_json(ok(cli("experiment", "show", straight, "--json"))),
+        last_json(ok(cli("experiment", "show", killed, "--json"))),
+    )
+    assert [s["accuracy"] for s in a["seeds"]] == [s["accuracy"] for s in b["seeds"]]
+    assert [s["flops"] for s in a["seeds"]] == [s["flops"] for s in b["seeds"]]
+    x, y = (load_checkpoint(d / "seed-1" / "ckpt-00000012.pt") for d in (straight, killed))
+    for part in ("model", "average"):  # bit-identical where the kill landed
+        assert all(torch.equal(x[part][k], y[part][k]) for k in x[part])
+
+    # show: the figures agree with an independent computation from the seeds' result.json
+    accuracy = [
+        json.loads((straight / f"seed-{s}" / "result.json").read_text())["precision_at_1"]
+        for s in range(3)
+    ]
+    assert a["n"] == 3 and a["mean"] == pytest.approx(statistics.mean(accuracy))
+    assert a["std"] == pytest.approx(statistics.stdev(accuracy))
+    half = stats.t.ppf(0.975, 2) * statistics.stdev(accuracy) / math.sqrt(3)
+    assert a["ci95"] == pytest.approx(
+        [statistics.mean(accuracy) - half, statistics.mean(accuracy) + half]
+    )
+    assert (a["min"], a["max"]) == (min(accuracy), max(accuracy))
+    assert all(s["finished"] and s["seconds"] > 0 and s["flops"] > 0 for s in a["seeds"])
+    # each seed is an ordinary run directory: eval works on it
+    assert (
+        last_json(ok(cli("eval", straight / "seed-2", "--tta", "--json")))["precision_at_1"]
+        == accuracy[2]
+    )
+
+    # the same experiment asked with another configuration is refused, naming the field
+    one_line_error(
+        cli(*args[:2], straight, *args[2:-1], "16"),
+        "holds another experiment",
+        "max_steps (saved 12, asked 16)",
+    )
+
+
+def test_plan_writes_commands_any_scheduler_runs_and_show_reads_what_finished(tmp_path):
+    exp = tmp_path / "exp"
+    done = ok(cli("experiment", "plan", exp, "--seeds", "3-5", *TINY, "--max-steps", "4"))
+    lines = (exp / "commands.txt").read_text().splitlines()
+    assert len(lines) == 3 and "commands.txt" in done.stdout
+    assert all(
+        f"--seed {s}" in line and str(exp.resolve() / f"seed-{s}") in line
+        for s, line in zip((3, 4, 5), lines, strict=True)
+    )
+    # what a scheduler does: run a line as it stands, from another directory
+    for line in lines[:2]:
+        words = shlex.split(line)
+        assert words[0] == "cifarlab"
+        ok(
+            subprocess.run(
+                [sys.executable, "-m", "cifarlab", *words[1:]],
+                capture_output=True,
+                text=True,
+                cwd="/",
+            )
+        )
+    shown = ok(cli("experiment", "show", exp, "--json"))
+    result = last_json(shown)
+    assert result["n"] == 2 and result["unfinished"] == [5]
+    assert [s["finished"] for s in result["seeds"]] == [True, True, False]
+    assert "| 5 | | | | not started |" in shown.stdout
+    one_line_error(
+        cli("experiment", "plan", exp, "--seeds", "0", *TINY, "--budget", "1"),
+        "--budget times this machine",
+    )
+
+
+def test_compare_tells_a_real_difference_from_none(tmp_path):
+    """30 steps against 300 of the same recipe on synthetic data: B is better, p < 0.01.
+    Two seed sets of one configuration: the interval contains 0."""
+    short, long_, again = tmp_path / "short", tmp_path / "long", tmp_path / "again"
+    common = ["--recipe", "tutorial", "--synthetic", "--set", "synthetic_train_per_class=30",
+              "--set", "synthetic_test_per_class=30", "--batch-size", "30", "--threads", "1",
+              "--checkpoint-every", "1000", "--set", "ema_decay=0.9"]  # fmt: skip
+    ok(
+        cli(
+            "experiment",
+            "run",
+            short,
+            "--seeds",
+            "0-3",
+            *common,
+            "--max-steps",
+            "30",
+            "--jobs",
+            "2",
+        )
+    )
+    ok(
+        cli(
+            "experiment",
+            "run",
+            long_,
+            "--seeds",
+            "0-3",
+            *common,
+            "--max-steps",
+            "300",
+            "--jobs",
+            "2",
+        )
+    )
+    ok(
+        cli(
+            "experiment",
+            "run",
+            again,
+            "--seeds",
+            "4-7",
+            *common,
+            "--max-steps",
+            "30",
+            "--jobs",
+            "2",
+        )
+    )
+    png = tmp_path / "c.png"
+    result = last_json(ok(cli("experiment", "compare", short, long_, "--json", "--png", png)))
+    assert result["difference"] > 0 and result["p_value"] < 0.01 and result["ci95"][0] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    same = last_json(ok(cli("experiment", "compare", short, again, "--json", "--png", png)))
+    assert same["ci95"][0] <= 0 <= same["ci95"][1] and same["p_value"] > 0.05
+    assert same["n_a"] == same["n_b"] == 4
+
+    # Welch's test, computed here from its formula, agrees with compare's
+    a, b = (
+        [s["accuracy"] for s in last_json(ok(cli("experiment", "show", d, "--json")))["seeds"]]
+        for d in (short, long_)
+    )
+    va, vb = statistics.variance(a) / 4, statistics.variance(b) / 4
+    df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 3)
+    t = (statistics.mean(b) - statistics.mean(a)) / math.sqrt(va + vb)
+    assert result["p_value"] == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-9)
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    assert result["ci95"] == pytest.approx(
+        [t * math.sqrt(va + vb) - half, t * math.sqrt(va + vb) + half]
+    )
+
+
+def test_the_seeds_for_power_reach_80_percent_by_simulation():
+    """The noncentral-t answer, checked by drawing experiments of that many seeds."""
+    import numpy as np
+
+    n = seeds_for_power(0.1, 0.15, 0.15)
+    rng = np.random.default_rng(0)
+    hits = [stats.ttest_ind(rng.normal(0.1, 0.15, n), rng.normal(0, 0.15, n), equal_var=False).pvalue < 0.05
+            for _ in range(4000)]  # fmt: skip
+    assert 0.78 <= np.mean(hits) <= 0.84
+    fewer = [stats.ttest_ind(rng.normal(0.1, 0.15, n - 3), rng.normal(0, 0.15, n - 3), equal_var=False).pvalue < 0.05
+             for _ in range(4000)]  # fmt: skip
+    assert np.mean(fewer) < 0.8
+    assert seeds_for_power(0.0, 0.1, 0.1) is None
+    assert summary([0.5])["ci95"] is None and summary([])["n"] == 0
+
+
+def test_bad_input_is_one_line_and_changes_nothing(tmp_path):
+    one_line_error(
+        cli("experiment", "run", tmp_path / "e", "--seeds", "0-5,3-8", *TINY), "overlap at seed 3"
+    )
+    one_line_error(cli("experiment", "run", tmp_path / "e", "--seeds", "5-2", *TINY), "empty range")
+    one_line_error(
+        cli("experiment", "run", tmp_path / "e", "--seeds", "x", *TINY), "expected ranges"
+    )
+    one_line_error(
+        cli("experiment", "run", tmp_path / "e", "--seeds", "0", "--seed", "1", *TINY), "--seed"
+    )
+    one_line_error(
+        cli("experiment", "run", tmp_path / "e", "--seeds", "0", "--recipe", tmp_path / "none.py"),
+        "no such file",
+    )
+    assert not (tmp_path / "e").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    one_line_error(
+        cli("experiment", "run", other, "--seeds", "0", *TINY), "not an experiment directory"
+    )
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    # an experiment with no finished seed cannot be compared
+    ok(cli("experiment", "plan", tmp_path / "planned", "--seeds", "0-1", *TINY))
+    one_line_error(
+        cli("experiment", "compare", tmp_path / "planned", tmp_path / "planned"),
+        "0 finished seed(s)",
+    )
+    one_line_error(cli("experiment", "show", tmp_path / "missing"), "no such experiment directory")
