@@ -70,3 +70,20 @@ def test_the_global_batch_over_processes_sets_the_steps_per_epoch():
     config = build_config("fast-sgd", {"width": 32, "batch_size": 10, "max_steps": 4})
     one, two = training_flops(config, 100), training_flops(config, 100, world_size=2)
     assert two["step_flops"] == 2 * one["step_flops"] and two["run_flops"] == 2 * one["run_flops"]
+
+
+def test_the_tutorials_fast_path_is_counted_as_its_reference():
+    """Its Fourier-transform conv2 and native LRN are invisible to torch's counter (it saw
+    a sixth of the work): the count runs the reference network, the same function."""
+    fast = build_config("tutorial", {"max_steps": 3})
+    reference = build_config("tutorial", {"max_steps": 3, "fast_path": False})
+    assert training_flops(fast, 50_000) == training_flops(reference, 50_000)
+    # Per image, by hand: 24-px crops; conv1 5x5 3->64 at 24x24, conv2 5x5 64->64 at 12x12
+    # (after pool1), the fully connected 2304->384->192->10; backward twice the forward but
+    # no input gradient for conv1; each LRN's channel sums a [64 x 64] band product at
+    # 12x12, forward and backward.
+    conv1, conv2 = 2 * 24 * 24 * 64 * 5 * 5 * 3, 2 * 12 * 12 * 64 * 5 * 5 * 64
+    dense = 2 * (2304 * 384 + 384 * 192 + 192 * 10)
+    lrn = 2 * 64 * 64 * 12 * 12
+    per_image = 3 * (conv1 + conv2 + dense) - conv1 + 2 * 2 * lrn
+    assert training_flops(fast, 50_000)["step_flops"] == 128 * per_image

@@ -129,7 +129,9 @@ def test_a_recipe_file_trains_resumes_after_sigkill_evaluates_predicts_exports(t
     recipe.write_text(recipe.read_text() + "\n# an edit\n")
     done = ok(cli("eval", straight))
     assert "has changed since" in done.stderr and "warning" in done.stderr
-    assert "has changed since" in ok(cli("report", straight)).stderr  # it reads only the run's files
+    assert (
+        "has changed since" in ok(cli("report", straight)).stderr
+    )  # it reads only the run's files
     one_line_error(cli("train", "--run-dir", straight, "--max-steps", "24"), "has changed since",
                    "restore the file")  # fmt: skip
     # the file goes: every command says so in one line

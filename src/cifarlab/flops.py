@@ -31,7 +31,7 @@ def counted_step_flops(config: TrainConfig, step: int, plan: TrainingPlan, batch
                        optimizer_step: bool = True) -> int:  # fmt: skip
     """FLOPs of training step `step` of `plan`, counted directly at `batch` images (without
     the optimizer's step if `optimizer_step` is false)."""
-    recipe = config.recipe
+    recipe = config.recipe.for_flop_count()
     num_classes = dataset_info(config.run.dataset).num_classes
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8, generator=g)
@@ -76,7 +76,9 @@ def image_shape(config: TrainConfig, epoch: int) -> tuple[int, ...]:
     probe = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
     position = BatchPosition(epoch, 0, 2, torch.arange(2))
     return tuple(
-        config.recipe.train_transform(probe, torch.Generator().manual_seed(0), position).shape[1:]
+        config.recipe.for_flop_count()
+        .train_transform(probe, torch.Generator().manual_seed(0), position)
+        .shape[1:]
     )
 
 
@@ -88,9 +90,8 @@ def training_flops(config: TrainConfig, train_examples: int, world_size: int = 1
         raise ConfigError(f"{train_examples} training examples cannot fill one global batch of "
                           f"{plan.global_batch_size}: use a smaller --batch-size")  # fmt: skip
     num_classes = dataset_info(config.run.dataset).num_classes
-    probe_model = config.recipe.build_model(
-        num_classes, torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
-    )
+    counting = config.recipe.for_flop_count()
+    probe_model = counting.build_model(num_classes, torch.zeros(2, 32, 32, 3, dtype=torch.uint8))
     by_kind: dict = {}
     total = 0
     shapes: dict[int, tuple] = {}  # by epoch
@@ -98,7 +99,7 @@ def training_flops(config: TrainConfig, train_examples: int, world_size: int = 1
         epoch = step // plan.steps_per_epoch
         if epoch not in shapes:
             shapes[epoch] = image_shape(config, epoch)
-        key = (shapes[epoch], config.recipe.prepare_step(probe_model, step, plan))
+        key = (shapes[epoch], counting.prepare_step(probe_model, step, plan))
         if key not in by_kind:
             by_kind[key] = step_flops(config, step, plan)
         total += by_kind[key]

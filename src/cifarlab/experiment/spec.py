@@ -122,8 +122,9 @@ def claim(
         experiment = Experiment(exp_dir, recipe, fields, train_args, seeds)
     else:
         check_same_experiment(saved, fields)
-        # The saved flags win (a --budget became the saved --max-steps); new seeds join.
-        experiment = Experiment(exp_dir, saved.recipe, saved.fields, saved.train_args,
+        # The same computation: this command's flags serve (they may change only how a seed
+        # runs: where it logs, how often it checkpoints); new seeds join.
+        experiment = Experiment(exp_dir, saved.recipe, saved.fields, train_args,
                                 sorted(set(saved.seeds) | set(seeds)))  # fmt: skip
     experiment.save()
     return experiment

@@ -107,6 +107,12 @@ class Recipe:
     def compute_dtype(self, device: torch.device) -> torch.dtype | None:
         return None
 
+    def for_flop_count(self) -> Recipe:
+        """The recipe whose operations torch's FLOP counter sees (cifarlab/flops.py): this
+        one, unless a fast path computes the same function with kernels the counter cannot
+        see (a Fourier-transform convolution, native code); then its plain reference."""
+        return self
+
     def autocast(self, device: torch.device):
         """The context the forward pass runs in: autocast to compute_dtype, or nothing."""
         dtype = self.compute_dtype(device)
