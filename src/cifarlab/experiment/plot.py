@@ -21,7 +21,7 @@ def plot_comparison(result: dict, out: Path, names: tuple[str, str]) -> Path:
         mean = 100 * result[f"mean_{side}"]
         low, high = (100 * v for v in result[f"ci95_{side}"])
         ax.errorbar(x + 0.3, mean, yerr=[[mean - low], [high - mean]], fmt="s", color="black",
-                    capsize=6, zorder=3)  # fmt: skip
+                    capsize=6, zorder=3, label="mean, 95% interval" if x == 0 else None)  # fmt: skip
         ax.annotate(f"{mean:.2f}%", (x + 0.36, mean), va="center", fontsize=9)
     ax.set_xticks(
         [0, 1], [f"A: {names[0]}\n(n={result['n_a']})", f"B: {names[1]}\n(n={result['n_b']})"]
@@ -32,6 +32,7 @@ def plot_comparison(result: dict, out: Path, names: tuple[str, str]) -> Path:
     ax.set_title(f"B - A = {100 * result['difference']:+.2f} points "
                  f"[{low:+.2f}, {high:+.2f}], p = {result['p_value']:.3g}", fontsize=10)  # fmt: skip
     ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="best", fontsize=8)  # each point: one seed's final accuracy
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

@@ -5,26 +5,25 @@ for a difference of means, the noncentral t for the seeds a difference needs."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..run.result import read_result
 from ..run.status import read_status, trainer_alive
 
-RESULT = "result.json"  # written by the trainer (train/loop.py write_result)
 POWER = 0.8
 
 
 def seed_result(run_dir: Path) -> dict | None:
     """{accuracy, seconds, flops, ...} of a finished run directory, else None."""
+    record = read_result(run_dir)
     try:
-        record = json.loads((Path(run_dir) / RESULT).read_text())
         return {"accuracy": float(record["precision_at_1"]), "seconds": float(record["seconds"]),
                 "flops": float(record["training_flops"]), "step": int(record["step"]),
                 "tta": bool(record.get("tta", False))}  # fmt: skip
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):  # no record (None), or not one of ours
         return None
 
 

@@ -11,7 +11,6 @@ a checkpoint every `checkpoint_every` and at the end. Only rank 0 logs and saves
 from __future__ import annotations
 
 import functools
-import json
 import platform
 import time
 from dataclasses import dataclass
@@ -29,10 +28,10 @@ from ..data.layout import dataset_info
 from ..data.loader import TrainBatches
 from ..errors import CifarlabError, ConfigError
 from ..evaluate import evaluate_model
-from ..files import atomic_write
 from ..recipes import Recipe, TrainingPlan
 from ..run.checkpoint import remove_stale_temporaries, save_checkpoint, saved_average
 from ..run.config_file import save_config
+from ..run.result import write_result
 from ..run.status import write_status
 from . import distributed
 from .distributed import Placement
@@ -79,12 +78,12 @@ class TrainingState:
         return self.seconds_before + time.perf_counter() - self.clock_start
 
     def snapshot(self, config: TrainConfig, world_size: int) -> dict:
-        return {"seconds": self.seconds(),
+        return {
             "step": self.step, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(),
             "average": self.average.state_dict() if self.average is not None else None,
             "loss_average": self.loss_average.state_dict(), "world_size": world_size,
-            "config": config.to_dict(),
+            "config": config.to_dict(), "seconds": self.seconds(),
         }  # fmt: skip
 
     def restore(self, state: dict, world_size: int, run_dir: Path) -> None:
@@ -293,34 +292,32 @@ def _train(
                        f"step {state.step}); trained {time.perf_counter() - started:.0f} s on "
                        f"{platform.node() or 'this machine'}")  # fmt: skip
         report.close()
-        write_result(run_dir, config, state, result, placement.world_size)
+        write_result(run_dir, result_record(config, state, result, placement.world_size))
         write_status(run_dir, "finished", state.step, run.max_steps)
     distributed.barrier(placement)  # leave together: see the barrier before Interrupted
     return TrainResult(step=state.step, run_dir=run_dir, eval=result)
 
 
-RESULT = "result.json"
-
-
-def write_result(run_dir: Path, config: TrainConfig, state: TrainingState, evaluation: dict,
-                 world_size: int) -> None:  # fmt: skip
-    """RUN_DIR/result.json: the run's final figures in one small file (what `experiment show`
-    reads): the final evaluation, the wall time from command to accuracy, training FLOPs."""
+def result_record(
+    config: TrainConfig, state: TrainingState, evaluation: dict, world_size: int
+) -> dict:
+    """What result.json holds (run/result.py): the final evaluation, the wall time from the
+    command to it, the training FLOPs (cifarlab/flops.py), where it ran."""
     from ..flops import training_flops
     from ..machine import cpu_name
 
     seconds = state.seconds()  # to the accuracy: not the counting below
     flops = training_flops(config, state.plan.train_examples, world_size)
-    record = {
+    return {
         "precision_at_1": evaluation["precision_at_1"], "loss": evaluation["loss"],
         "correct": evaluation["correct"], "examples": evaluation["examples"],
         "tta": config.recipe.final_eval_tta, "step": state.step, "seed": config.run.seed,
         "seconds": round(seconds, 3), "training_flops": flops["run_flops"],
         "step_flops": flops["step_flops"], "world_size": world_size, "recipe": config.recipe_spec,
         "recipe_sha256": config.source.sha256, "torch": torch.__version__,
-        "machine": platform.node(), "cpu": cpu_name(), "threads": torch.get_num_threads(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": platform.node(), "cpu": cpu_name(), "threads": torch.get_num_threads(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }  # fmt: skip
-    atomic_write(run_dir / RESULT, json.dumps(record, indent=1) + "\n")
 
 
 def final_evaluation(
