@@ -254,3 +254,24 @@ def test_bad_input_is_one_line_and_changes_nothing(tmp_path):
         "0 finished seed(s)",
     )
     one_line_error(cli("experiment", "show", tmp_path / "missing"), "no such experiment directory")
+
+
+def test_sigterm_stops_the_running_seed_at_a_checkpoint_and_the_rerun_goes_on(tmp_path):
+    exp = tmp_path / "exp"
+    args = ["experiment", "run", exp, "--seeds", "0-1", *TINY, "--max-steps", "30"]
+    process = subprocess.Popen([sys.executable, "-m", "cifarlab", *map(str, args)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (exp / "seed-0" / "ckpt-00000002.pt").exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by signal 15" in err and "seed 0: stopped" in out
+    status = json.loads((exp / "seed-0" / "status.json").read_text())
+    assert status["state"] == "interrupted" and 2 <= status["step"] < 30  # a checkpoint at its step
+    assert not (exp / "seed-1").exists()  # no new seed started after the signal
+    rerun = ok(cli(*args))
+    assert f"resuming {exp.resolve() / 'seed-0'}" in (exp / "seed-0.log").read_text()
+    assert "n 2, mean" in rerun.stdout
