@@ -98,7 +98,7 @@ def _print_rates(title: str, result: dict, as_json: bool) -> int:
     return 0
 
 
-def _asked_train_fields(args: argparse.Namespace) -> dict:
+def asked_train_fields(args: argparse.Namespace) -> dict:
     """The configuration fields the user set: config file, then --set, then flags. Values
     from --set are still strings; build_config converts them once the recipe is known."""
     from .config import RUN_FIELDS, load_toml, parse_set
@@ -139,16 +139,16 @@ def resolve_train_config(args: argparse.Namespace):
     from .config import DEFAULT_RECIPE, build_config
     from .run.config_file import saved_recipe
 
-    asked = _asked_train_fields(args)
+    asked = asked_train_fields(args)
     # A continued run keeps its recipe unless one is named.
     recipe = asked.get("recipe") or (asked.get("run_dir") and saved_recipe(Path(asked["run_dir"])))
     config = build_config(recipe or DEFAULT_RECIPE, asked)
     if args.budget is not None:
-        config = _fit_budget(config, asked, args.budget)
+        config = fit_budget(config, asked, args.budget)
     return config, {name: config.get(name) for name in asked}
 
 
-def _fit_budget(config, asked: dict, minutes: float):
+def fit_budget(config, asked: dict, minutes: float):
     """--budget: the steps that fit, measured here; saved as max_steps."""
     from .config import build_config
     from .data.datasets import split_sizes
@@ -292,7 +292,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _at_least(minimum: int):
+def at_least(minimum: int):
     """argparse type: an integer >= minimum, else a usage error naming the limit."""
 
     def parse(text: str) -> int:
@@ -338,11 +338,11 @@ def _train_parser(commands) -> None:
     p = commands.add_parser("train", help="train a recipe (default: the tutorial on CIFAR-10)",
                             description="Train, or continue the run in --run-dir. Flags left out keep the recipe's "
                                         "(or the saved run's) values. Recipe parameters: --set NAME=VALUE.")  # fmt: skip
-    _add_train_flags(p)
+    add_train_flags(p)
     p.set_defaults(run=_cmd_train)
 
 
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
+def add_train_flags(p: argparse.ArgumentParser) -> None:
     """Every `cifarlab train` flag (`experiment run` and `plan` take them all too)."""
     from .recipes import recipe_names
 
@@ -354,35 +354,33 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--run-dir", help="where checkpoints, logs and config go (default runs/<recipe>)"
     )
-    p.add_argument("--max-steps", type=_at_least(1), help="optimizer steps (tutorial: 100,000)")
+    p.add_argument("--max-steps", type=at_least(1), help="optimizer steps (tutorial: 100,000)")
     p.add_argument("--budget", type=_positive_float, metavar="MINUTES",
                    help="instead of --max-steps: the steps that fit this many minutes here, "
                         "measured by a short timing run and saved in the run's configuration")  # fmt: skip
     p.add_argument(
-        "--batch-size", type=_at_least(1), help="images per step per process (tutorial: 128)"
+        "--batch-size", type=at_least(1), help="images per step per process (tutorial: 128)"
     )
-    p.add_argument("--global-batch-size", type=_at_least(1),
+    p.add_argument("--global-batch-size", type=at_least(1),
                    help="images per step over all processes (torchrun); fixed whatever the process count")  # fmt: skip
     p.add_argument(
-        "--seed", type=_at_least(0), help="seed for weights, data order, augmentation (default 0)"
+        "--seed", type=at_least(0), help="seed for weights, data order, augmentation (default 0)"
     )
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--threads", type=_at_least(1), help="CPU threads (default: all)")
+    p.add_argument("--threads", type=at_least(1), help="CPU threads (default: all)")
     p.add_argument(
         "--synthetic",
         action="store_true",
         help="train and test on the small synthetic set (no download)",
     )
-    p.add_argument(
-        "--log-every", type=_at_least(1), help="steps between console lines (default 10)"
-    )
+    p.add_argument("--log-every", type=at_least(1), help="steps between console lines (default 10)")
     p.add_argument(
         "--summary-every",
-        type=_at_least(1),
+        type=at_least(1),
         help="steps between TensorBoard summaries (default 100)",
     )
     p.add_argument(
-        "--checkpoint-every", type=_at_least(1), help="steps between checkpoints (default 1000)"
+        "--checkpoint-every", type=at_least(1), help="steps between checkpoints (default 1000)"
     )
     p.add_argument(
         "--config", help="TOML file of configuration fields (run fields and recipe parameters)"
@@ -410,12 +408,12 @@ def _eval_parser(commands) -> None:
                    help="average the logits over the recipe's test-time views (tutorial: image and mirror)")  # fmt: skip
     p.add_argument("--data-dir", help="data root, overriding the run's saved one")
     p.add_argument(
-        "--batch-size", type=_at_least(1), default=128, help="images per forward pass (default 128)"
+        "--batch-size", type=at_least(1), default=128, help="images per forward pass (default 128)"
     )
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--threads",
-        type=_at_least(1),
+        type=at_least(1),
         help="CPU threads (default: all; a watcher beside training may want 1)",
     )
     p.add_argument(
@@ -436,7 +434,7 @@ def _predict_parser(commands) -> None:
                             description="Top-k classes for image files (PNG, JPEG, BMP, GIF, WebP, TIFF; any size or mode).")  # fmt: skip
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("images", metavar="IMAGE", nargs="+")
-    p.add_argument("--top-k", type=_at_least(1), default=3)
+    p.add_argument("--top-k", type=at_least(1), default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.set_defaults(run=_cmd_predict)
@@ -454,7 +452,7 @@ def _export_parser(commands) -> None:
     )
     p.add_argument(
         "--check-images",
-        type=_at_least(1),
+        type=at_least(1),
         default=1000,
         help="test images compared against PyTorch",
     )
@@ -479,15 +477,15 @@ def _bench_parser(commands) -> None:
     what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     json_help = 'print {"images_per_second": ...} as the last line'
     d = what.add_parser("data", help="images/s of the training input pipeline")
-    d.add_argument("--batch-size", type=_at_least(1), default=128)
+    d.add_argument("--batch-size", type=at_least(1), default=128)
     d.add_argument(
         "--threads",
-        type=_at_least(1),
+        type=at_least(1),
         default=1,
         help="CPU threads (default 1: the pipeline's budget is one core)",
     )
     d.add_argument("--seconds", type=_positive_float, default=2.0, help="length of each run")
-    d.add_argument("--repeats", type=_at_least(1), default=5, help="runs; the median is reported")
+    d.add_argument("--repeats", type=at_least(1), default=5, help="runs; the median is reported")
     d.add_argument("--device", default="cpu")
     d.add_argument("--json", action="store_true", help=json_help)
     d.set_defaults(run=_cmd_bench)
@@ -496,18 +494,18 @@ def _bench_parser(commands) -> None:
         b = what.add_parser(name, help=help_text)
         b.add_argument("--recipe", default="tutorial", metavar="RECIPE",
                        help=f"{', '.join(recipe_names())}, a recipe file or module:NAME (default tutorial)")  # fmt: skip
-        b.add_argument("--batch-size", type=_at_least(1),
+        b.add_argument("--batch-size", type=at_least(1),
                        help="images per step (default: the recipe's) or per evaluated batch (default 128)")  # fmt: skip
         if name == "train":
             b.add_argument(
-                "--steps", type=_at_least(1), default=50, help="steps per timed run (default 50)"
+                "--steps", type=at_least(1), default=50, help="steps per timed run (default 50)"
             )
-            b.add_argument("--warmup-steps", type=_at_least(0), default=10,
+            b.add_argument("--warmup-steps", type=at_least(0), default=10,
                            help="untimed steps first (default 10)")  # fmt: skip
         b.add_argument(
-            "--repeats", type=_at_least(1), default=5, help="runs; the median is reported"
+            "--repeats", type=at_least(1), default=5, help="runs; the median is reported"
         )
-        b.add_argument("--threads", type=_at_least(1), help="CPU threads (default: all)")
+        b.add_argument("--threads", type=at_least(1), help="CPU threads (default: all)")
         b.add_argument("--device", default="cpu")
         b.add_argument(
             "--set", action="append", metavar="KEY=VALUE", help="a recipe parameter (repeatable)"

@@ -12,7 +12,7 @@ from ..errors import ConfigError
 
 
 def experiment_parser(commands) -> None:
-    from ..cli import _add_train_flags, _at_least
+    from ..cli import add_train_flags, at_least
 
     p = commands.add_parser("experiment", help="one configuration over many seeds: run, plan, show, compare",
                             description="Train a configuration over seeds, each seed an ordinary run directory "
@@ -26,11 +26,11 @@ def experiment_parser(commands) -> None:
         r.add_argument("exp_dir", metavar="EXP_DIR")
         r.add_argument("--seeds", required=True, help="seeds, e.g. 0-9 or 0-4,10-14")
         if name == "run":
-            r.add_argument("--jobs", type=_at_least(1), default=1,
+            r.add_argument("--jobs", type=at_least(1), default=1,
                            help="seeds trained at once, the cores divided between them (default 1)")  # fmt: skip
         else:
             r.add_argument("--out", help="the commands file (default EXP_DIR/commands.txt)")
-        _add_train_flags(r)
+        add_train_flags(r)
         r.set_defaults(run=_cmd_run if name == "run" else _cmd_plan)
     s = what.add_parser("show", help="per seed accuracy, time and FLOPs; mean, std, 95%% interval")
     s.add_argument("exp_dir", metavar="EXP_DIR")
@@ -57,19 +57,20 @@ def _set_value(value) -> str:
 def _resolve(args: argparse.Namespace, for_plan: bool):
     """(Experiment, seeds asked): the configuration checked in full here, before any seed
     runs, and EXP_DIR created or checked to hold this same experiment."""
-    from ..cli import _asked_train_fields, _fit_budget
+    from ..cli import asked_train_fields, fit_budget
     from ..config import DEFAULT_RECIPE, build_config
     from .spec import claim, identity, load_experiment, parse_seeds, seed_dir
 
-    for flag, value in (("--seed", args.seed), ("--run-dir", args.run_dir)):
-        if value is not None:
-            raise ConfigError(f"{flag}: an experiment's seeds come from --seeds and their run directories from EXP_DIR")  # fmt: skip
     if for_plan and args.budget is not None:
         raise ConfigError("--budget times this machine; a plan runs elsewhere: give --max-steps")
     seeds = parse_seeds(args.seeds)
     exp_dir = Path(args.exp_dir)
     saved = load_experiment(exp_dir)
-    asked = _asked_train_fields(args)
+    asked = asked_train_fields(args)
+    for name in ("seed", "run_dir"):  # from a flag, --set or --config alike
+        if name in asked:
+            raise ConfigError(f"{name} (--{name.replace('_', '-')}): an experiment's seeds come from "
+                              "--seeds and their run directories from EXP_DIR")  # fmt: skip
     if saved is not None and not asked and args.budget is None:
         return claim(exp_dir, saved.recipe, saved.fields, saved.train_args, seeds), seeds
     recipe = asked.get("recipe") or DEFAULT_RECIPE
@@ -82,7 +83,7 @@ def _resolve(args: argparse.Namespace, for_plan: bool):
             asked["max_steps"] = saved.fields.get("max_steps")
             config = build_config(recipe, {**first, "max_steps": asked["max_steps"]})
         else:
-            config = _fit_budget(config, asked, args.budget)
+            config = fit_budget(config, asked, args.budget)
     train_args = ["--recipe", config.recipe_spec]
     for name in sorted(asked):
         if name not in ("recipe", "seed", "run_dir"):
