@@ -40,13 +40,6 @@ class RecipeSource:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "file": self.file, "sha256": self.sha256}
 
-    def describe(self) -> str:
-        return (
-            self.spec
-            if self.kind == "builtin"
-            else f"{self.spec} ({self.kind}, sha256 {self.sha256[:12]})"
-        )
-
 
 def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
