@@ -143,48 +143,21 @@ def test_compare_tells_a_real_difference_from_none(tmp_path):
     common = ["--recipe", "tutorial", "--synthetic", "--set", "synthetic_train_per_class=30",
               "--set", "synthetic_test_per_class=30", "--batch-size", "30", "--threads", "1",
               "--checkpoint-every", "1000", "--set", "ema_decay=0.9"]  # fmt: skip
-    ok(
-        cli(
-            "experiment",
-            "run",
-            short,
-            "--seeds",
-            "0-3",
-            *common,
-            "--max-steps",
-            "30",
-            "--jobs",
-            "2",
+    for exp, seeds, steps in ((short, "0-3", 30), (long_, "0-3", 300), (again, "4-7", 30)):
+        ok(
+            cli(
+                "experiment",
+                "run",
+                exp,
+                "--seeds",
+                seeds,
+                *common,
+                "--max-steps",
+                steps,
+                "--jobs",
+                2,
+            )
         )
-    )
-    ok(
-        cli(
-            "experiment",
-            "run",
-            long_,
-            "--seeds",
-            "0-3",
-            *common,
-            "--max-steps",
-            "300",
-            "--jobs",
-            "2",
-        )
-    )
-    ok(
-        cli(
-            "experiment",
-            "run",
-            again,
-            "--seeds",
-            "4-7",
-            *common,
-            "--max-steps",
-            "30",
-            "--jobs",
-            "2",
-        )
-    )
     png = tmp_path / "c.png"
     result = last_json(ok(cli("experiment", "compare", short, long_, "--json", "--png", png)))
     assert result["difference"] > 0 and result["p_value"] < 0.01 and result["ci95"][0] > 0
