@@ -138,7 +138,7 @@ def verify_folder(info: DatasetInfo, folder: Path, *, use_cache: bool = False) -
         try:
             atomic_write(folder / VERIFIED, json.dumps(passed))
         except OSError:
-            pass  # a read-only data folder: verify again next time
+            pass  # a read-only data folder: verified again on the next read
 
 
 def _read_verified(folder: Path) -> dict:

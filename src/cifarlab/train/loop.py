@@ -69,12 +69,12 @@ class TrainingState:
     average: Any  # the recipe's weight average, or None
     loss_average: ScalarAverage
     plan: TrainingPlan  # what schedules are functions of, besides the step
-    seconds_before: float = 0.0  # wall time of earlier sittings, up to their last checkpoint
-    clock_start: float = 0.0  # perf_counter() when this sitting's command began
+    seconds_before: float = 0.0  # wall time of earlier commands, up to the checkpoint resumed
+    clock_start: float = 0.0  # perf_counter() when this command began
 
     def seconds(self) -> float:
-        """Wall time the run has cost so far: earlier sittings (up to the checkpoint this one
-        resumed from) and this one since its command began."""
+        """Wall time the run has cost so far: earlier commands (up to the checkpoint this one
+        resumed from) and this one since it began."""
         return self.seconds_before + time.perf_counter() - self.clock_start
 
     def snapshot(self, config: TrainConfig, world_size: int) -> dict:
