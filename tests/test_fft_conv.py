@@ -1,5 +1,5 @@
-"""The convolution by Fourier transform (models/fft_conv.py, NNPACK called from
-cpu_kernels.cpp) computes conv2d: output, input, filter and bias gradients against float64,
+"""The convolution by Fourier transform (models/tutorial_cpu/fft_conv.py, NNPACK called from
+kernels.cpp) computes conv2d: output, input, filter and bias gradients against float64,
 in either input layout, for batches that split unevenly over the threads; and PyTorch's
 convolution serves wherever it does not."""
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cifarlab.models import fft_conv, native
+from cifarlab.models.tutorial_cpu import build as native
+from cifarlab.models.tutorial_cpu import fft_conv
 
 # Where the native kernels can be built, the Fourier convolution must serve (PyTorch's x86
 # and ARM builds carry NNPACK): a silent fallback would hide a broken kernel.
@@ -17,6 +18,12 @@ pytestmark = pytest.mark.skipif(
     not (shutil.which("c++") and shutil.which("ninja")),
     reason="no C++ compiler or ninja: PyTorch's convolution serves",
 )
+
+
+@pytest.fixture(autouse=True)
+def fourier_route_on(monkeypatch):
+    """These tests exercise the route itself, whichever route is faster on this machine."""
+    monkeypatch.setenv("CIFARLAB_FFT_CONV", "1")
 
 
 def _reference(x, weight, bias, padding, upstream):

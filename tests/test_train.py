@@ -124,6 +124,45 @@ def test_sigterm_writes_a_checkpoint_at_the_current_step_and_exits(tmp_path):
     assert load_checkpoint(latest_checkpoint(run))["step"] == step
 
 
+def test_ctrl_c_reaches_a_program_that_trains_in_process(tmp_path):
+    """A program calling the trainer (pytest, a notebook) keeps its Ctrl-C: no handler of
+    ours swallows it, and KeyboardInterrupt reaches the caller; the command itself still
+    checkpoints and stops on SIGINT (the SIGTERM test above, and this one's second half)."""
+    run = tmp_path / "run"
+    host = f"""
+import os, signal, sys, threading, time
+from pathlib import Path
+from cifarlab.cli import main
+run = Path({str(run)!r})
+def interrupt():
+    while not (run / "ckpt-00000005.pt").exists():
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGINT)
+threading.Thread(target=interrupt, daemon=True).start()
+try:
+    main(["train", *{SMALL!r}, "--run-dir", str(run), "--max-steps", "100000",
+          "--checkpoint-every", "5"])
+except KeyboardInterrupt:
+    print("the host got its KeyboardInterrupt")
+    sys.exit(3)
+print("training swallowed the interrupt")
+"""
+    hosted = subprocess.run(
+        [sys.executable, "-c", host], capture_output=True, text=True, timeout=300
+    )
+    assert hosted.returncode == 3, hosted.stdout + hosted.stderr
+    assert "the host got its KeyboardInterrupt" in hosted.stdout
+
+    command = subprocess.Popen(_cli(*SMALL, "--run-dir", str(tmp_path / "cmd"), "--max-steps",
+                                    "100000", "--checkpoint-every", "5"),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    _wait_for(lambda: (tmp_path / "cmd" / "ckpt-00000005.pt").exists(), command)
+    command.send_signal(signal.SIGINT)
+    out, _ = command.communicate(timeout=60)
+    assert command.returncode == 128 + signal.SIGINT, out
+    assert f"stopped by signal {int(signal.SIGINT)} at step" in out
+
+
 def test_divergence_stops_with_the_tutorial_message_and_keeps_good_checkpoints(tmp_path, capsys):
     run = tmp_path / "run"
     code = main(["train", *SMALL, "--run-dir", str(run), "--max-steps", "50", "--checkpoint-every", "1",

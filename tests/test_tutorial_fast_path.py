@@ -9,15 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from cifarlab.models import native, onednn_linear
-from cifarlab.models.conv_pool import conv_then_max_pool
-from cifarlab.models.lrn import (
+from cifarlab.models.lrn import local_response_norm
+from cifarlab.models.tutorial import TutorialNet, same_max_pool
+from cifarlab.models.tutorial_cpu import build as native
+from cifarlab.models.tutorial_cpu import onednn_linear, same_max_pool_unpadded
+from cifarlab.models.tutorial_cpu.conv_pool import conv_then_max_pool
+from cifarlab.models.tutorial_cpu.lrn import (
     _LRNChannelsLast,
     _NativeLRN,
-    local_response_norm,
     local_response_norm_channels_last,
 )
-from cifarlab.models.tutorial import TutorialNet, same_max_pool, same_max_pool_unpadded
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -153,8 +154,7 @@ def test_a_kernel_that_cannot_be_built_warns_once_and_leaves_the_pytorch_path(
     monkeypatch.setattr(native, "_tried", False)
     monkeypatch.setattr(native, "_kernels", None)
     monkeypatch.setattr(native, "SOURCE", tmp_path / "missing.cpp")
-    monkeypatch.setattr(native, "_cpu_tag", lambda: "test-missing-source")
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "build"))
+    monkeypatch.setenv("CIFARLAB_KERNEL_CACHE", str(tmp_path / "build"))
     with pytest.warns(UserWarning, match="native kernels unavailable"):
         assert native.kernels() is None
     assert native.kernels() is None  # asked once: no second warning, no second build
@@ -182,7 +182,7 @@ def test_native_max_pool_backward_equals_pytorchs(shape, channels_last):
 
 
 def test_max_pool_clipped_passes_gradcheck_on_both_paths():
-    from cifarlab.models.max_pool import max_pool_clipped
+    from cifarlab.models.tutorial_cpu.max_pool import max_pool_clipped
 
     torch.manual_seed(0)
     x = torch.randn(2, 5, 7, 7).contiguous(memory_format=torch.channels_last)

@@ -120,7 +120,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config, asked = resolve_train_config(args)
     try:
         result = train(config, asked, progress=False if args.no_progress else None,
-                       clock_start=args.clock_start)  # fmt: skip
+                       clock_start=args.clock_start, stop_on_signals=args.as_command)  # fmt: skip
     except Interrupted as e:
         print(f"cifarlab train: {e}", file=sys.stderr)
         return 128 + e.signum
@@ -529,12 +529,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `cifarlab` command (argv None: sys.argv), or the same called with a list of
+    arguments from a program, which keeps its own Ctrl-C: training then installs no
+    signal handlers, and KeyboardInterrupt reaches the caller."""
     import time
 
     clock_start = time.perf_counter()  # wall times "from the command" start here
     parser = build_parser()
+    as_command = argv is None
     args = parser.parse_args(argv)
-    args.clock_start = clock_start
+    args.clock_start, args.as_command = clock_start, as_command
     from .allocator import configure_allocator
 
     configure_allocator()
@@ -544,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cifarlab {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if not as_command:
+            raise
         print(f"cifarlab {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and the like: not an error of ours

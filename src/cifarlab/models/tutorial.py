@@ -21,11 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fft_conv
-from .conv_pool import conv_then_max_pool
 from .lrn import LocalResponseNorm
-from .max_pool import max_pool_clipped
-from .onednn_linear import linear
 
 
 def _same_padding(x: torch.Tensor, kernel: int, stride: int) -> tuple[int, int]:
@@ -45,26 +41,6 @@ def same_max_pool(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Te
     return F.max_pool2d(x, kernel, stride)
 
 
-def _pads_at_end(x: torch.Tensor, kernel: int, stride: int) -> bool:
-    """SAME pooling of x pads only after the last row and column (ceil_mode does that)."""
-    pad_h, pad_w = _same_padding(x, kernel, stride)
-    return not (pad_h // 2 or pad_w // 2)
-
-
-def same_max_pool_unpadded(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Tensor:
-    """same_max_pool without the padded copy where the padding is all at the end (the
-    tutorial's 24 -> 12 and 12 -> 6): ceil_mode's last window is clipped at the border,
-    which is what a -inf pad does. Falls back to same_max_pool otherwise."""
-    if not _pads_at_end(x, kernel, stride):
-        return same_max_pool(x, kernel, stride)
-    return max_pool_clipped(x, kernel, stride)
-
-
-def _call(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-    """layer(x): the straightforward path's fully connected layers."""
-    return layer(x)
-
-
 def _init(layer: nn.Module, std: float, bias: float) -> None:
     """Normal truncated at two standard deviations, as tf.truncated_normal_initializer."""
     nn.init.trunc_normal_(layer.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
@@ -72,12 +48,9 @@ def _init(layer: nn.Module, std: float, bias: float) -> None:
 
 
 class TutorialNet(nn.Module):
-    """`fast=True`: the same function computed faster on CPUs: channels_last activations
-    (oneDNN's native layout), the LRN as a native kernel each way (lrn.py, native.py),
-    SAME pooling without a padded copy and with a native backward (max_pool.py), ReLUs in
-    place, conv1's ReLU after its pool and its backward in NCHW (conv_pool.py), the fully
-    connected layers on oneDNN (onednn_linear.py), conv2 by Fourier transform (fft_conv.py).
-    `fast=False`: the straightforward reference, which tests compare against."""
+    """The tutorial's network. `fast=True` computes the same function faster on CPUs
+    (tutorial_cpu/: channels-last activations, native kernels, conv2 by Fourier transform);
+    `fast=False` is the straightforward reference below, which tests hold it to."""
 
     conv2_by_fft = True  # part of the fast path; benchmarks switch it off to see what it buys
 
@@ -102,43 +75,15 @@ class TutorialNet(nn.Module):
         _init(self.softmax_linear, 1 / 192.0, 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pool = same_max_pool
         if self.fast:
-            x, pool = x.contiguous(memory_format=torch.channels_last), same_max_pool_unpadded
-        x = self._conv1_pooled(x, pool)  # [N, 64, 12, 12]
-        by_fft = self._conv2_by_fft(x)
-        x = self.norm1(x, channels_last_out=not by_fft)  # NCHW for the Fourier transform
-        x = pool(self.norm2(self.conv2_relu(self._conv2(x, by_fft))))  # [N, 64, 6, 6]
-        dense = linear if self.fast else _call
-        x = self.local3_relu(dense(x.flatten(1), self.local3))  # [N, 384]
-        x = self.local4_relu(dense(x, self.local4))  # [N, 192]
-        return dense(x, self.softmax_linear)  # [N, num_classes]
+            from .tutorial_cpu import fast_forward
 
-    def _conv1_pooled(self, x: torch.Tensor, pool) -> torch.Tensor:
-        """pool(relu(conv1(x))). The fast path pools first: ReLU commutes with max-pooling
-        (it is monotone) and on the pooled map touches a quarter of the values; the pair's
-        backward runs in NCHW (conv_pool.py). Summary steps (a hook watching conv1's
-        activation) keep the tutorial's order, so the summary sees the layer's whole output."""
-        if self.fast and not self.conv1_relu._forward_hooks and _pads_at_end(x, 3, 2):
-            conv = self.conv1
-            return self.conv1_relu(conv_then_max_pool(x, conv.weight, conv.bias, conv.padding[0]))
-        return pool(self.conv1_relu(self.conv1(x)))  # [N, 64, 24, 24] before the pool
-
-    def _conv2_by_fft(self, x: torch.Tensor) -> bool:
-        """Whether conv2 goes by Fourier transform (fft_conv.py), in NCHW: then norm1 writes
-        NCHW for it. 5x5 filters on 12x12 maps are where that pays most."""
-        conv = self.conv2
-        return (
-            self.fast
-            and self.conv2_by_fft
-            and fft_conv.fft_conv_serves(x, conv.weight, conv.padding[0])
-        )
-
-    def _conv2(self, x: torch.Tensor, by_fft: bool) -> torch.Tensor:
-        conv = self.conv2
-        if by_fft:
-            return fft_conv.fourier_conv2d(x, conv.weight, conv.bias, conv.padding[0])
-        return conv(x)
+            return fast_forward(self, x)
+        x = same_max_pool(self.conv1_relu(self.conv1(x)))  # [N, 64, 12, 12]
+        x = same_max_pool(self.norm2(self.conv2_relu(self.conv2(self.norm1(x)))))  # [N, 64, 6, 6]
+        x = self.local3_relu(self.local3(x.flatten(1)))  # [N, 384]
+        x = self.local4_relu(self.local4(x))  # [N, 192]
+        return self.softmax_linear(x)  # [N, num_classes]
 
     def activation_points(self) -> dict[str, nn.Module]:
         """Modules whose outputs are the layers' activations, by summary tag (as the tutorial's)."""

@@ -18,6 +18,10 @@ default, unit, why) and a `Recipe` subclass registered by name. It provides:
   weight_average(model, plan)                see cifarlab.averaging, or None (plan: None
                                              when a trained run is only being read)
   compute_dtype(device)                      autocast dtype, or None for float32
+  prepare_device(device)                     one-off work before the model first runs on
+                                             device (building kernels, timing routes)
+  activation_points(model)                   {summary tag: module whose output is that
+                                             layer's activation}, for TensorBoard
 
 and data: `run_defaults` (run fields this recipe wants by default, such as its batch size),
 `run_length_resumable` (may a continued run change max_steps?), `final_eval_tta`.
@@ -106,6 +110,18 @@ class Recipe:
 
     def compute_dtype(self, device: torch.device) -> torch.dtype | None:
         return None
+
+    def prepare_device(self, device: torch.device) -> None:
+        """One-off work this process needs done before the model runs on `device` (compiling
+        native kernels, timing which route is faster here). Commands call it before any
+        clock starts, so no step and no measured figure includes it."""
+
+    def activation_points(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Modules whose outputs are the network's layer activations, by summary tag: the
+        trainer records their histograms and sparsity on summary steps. By default the
+        model's own `activation_points()`, if it has one."""
+        points = getattr(model, "activation_points", None)
+        return points() if callable(points) else {}
 
     def for_flop_count(self) -> Recipe:
         """The recipe whose operations torch's FLOP counter sees (cifarlab/flops.py): this

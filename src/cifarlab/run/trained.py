@@ -93,6 +93,7 @@ def open_run(
     if checkpoint is None:
         raise CifarlabError(f"{run_dir}: no checkpoint yet")
     state = load_checkpoint(checkpoint)
+    recipe.prepare_device(torch.device(device))  # before any evaluation clock starts
     model = recipe.build_model(info.num_classes, None)
     load_weights(model, checkpoint_part(state, "model", checkpoint), checkpoint)
     if weights != "raw":

@@ -115,6 +115,7 @@ def build_state(
 ) -> TrainingState:  # fmt: skip
     torch.manual_seed(config.run.seed)  # the initial weights, the same on every rank
     device = placement.device
+    recipe.prepare_device(device)  # kernels built, routes chosen: before the first step
     model = recipe.build_model(num_classes, images).to(device)
     optimizer = recipe.build_optimizer(model)
     try:
@@ -193,16 +194,18 @@ def train(
     placement: Placement | None = None,
     progress: bool | None = None,
     clock_start: float | None = None,
+    stop_on_signals: bool = False,
 ) -> TrainResult:
     """Run (or continue) training as configured. `asked`: the fields the user set explicitly.
     `clock_start`: perf_counter() when the command began (default: now), for result.json's
-    wall time from command to accuracy."""
+    wall time from command to accuracy. `stop_on_signals`: SIGINT and SIGTERM checkpoint and
+    stop at the next step (train/signals.py); for the command, not for library callers."""
     clock_start = time.perf_counter() if clock_start is None else clock_start
     placement = placement or distributed.setup(config.run.device)
     lock = None
     try:
         start, lock = agree_on_run(config, asked if asked is not None else config.flat(), placement)
-        return _train(start, placement, progress, clock_start)
+        return _train(start, placement, progress, clock_start, stop_on_signals)
     finally:
         if lock is not None:
             lock.release()
@@ -210,8 +213,9 @@ def train(
 
 
 def _train(
-    start: StartingPoint, placement: Placement, progress: bool | None, clock_start: float
-) -> TrainResult:
+    start: StartingPoint, placement: Placement, progress: bool | None, clock_start: float,
+    stop_on_signals: bool,
+) -> TrainResult:  # fmt: skip
     config = start.config
     run, run_dir, is_main = config.run, config.run_dir, placement.is_main
     recipe = config.recipe
@@ -232,7 +236,8 @@ def _train(
     if start.state is not None:
         state.restore(start.state, placement.world_size, run_dir)
     batches, plan = state.batches, state.plan
-    report = Reporter(run, run_dir, state, is_main=is_main, progress=progress)
+    report = Reporter(run, run_dir, state, is_main=is_main, progress=progress,
+                      activation_points=recipe.activation_points(state.model))  # fmt: skip
     for note in start.notes:
         report.console(note)
     if start.checkpoint_name is not None:
@@ -251,7 +256,7 @@ def _train(
     outcome = "failed"
     state.net.train()
     try:
-        with StopRequests() as stop:
+        with StopRequests(install=stop_on_signals) as stop:
             while state.step < run.max_steps:
                 with report.watching_activations(state.step + 1):
                     result = forward_step(state, recipe, plan)

@@ -14,10 +14,14 @@ from ..tracking import RunLog, SilentLog
 
 
 class Reporter:
-    def __init__(self, run, run_dir: Path, state, *, is_main: bool, progress: bool | None) -> None:
+    def __init__(
+        self, run, run_dir: Path, state, *, is_main: bool, progress: bool | None,
+        activation_points: dict | None = None,
+    ) -> None:  # fmt: skip
         self.run = run  # RunConfig: the intervals
         self.batches = state.batches
         self.model = state.model
+        self.activation_points = activation_points or {}  # the recipe's: {tag: module}
         self.log = (
             RunLog(run_dir, total_steps=run.max_steps, start_step=state.step, progress=progress)
             if is_main
@@ -50,8 +54,8 @@ class Reporter:
 
     @contextlib.contextmanager
     def watching_activations(self, step: int):
-        """On summary steps, keep each layer's output (the model's `activation_points`)."""
-        points = getattr(self.model, "activation_points", dict)()
+        """On summary steps, keep each layer's output (the recipe's `activation_points`)."""
+        points = self.activation_points
         hooks = []
         if self.is_main and self._summary_step(step):
             hooks = [module.register_forward_hook(

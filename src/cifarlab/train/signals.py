@@ -7,10 +7,15 @@ import signal
 
 class StopRequests:
     """SIGINT / SIGTERM set a flag the loop checks after each step, so it can write a
-    checkpoint at a step boundary and exit; a second signal falls through to the default."""
+    checkpoint at a step boundary and exit; a second signal falls through to the default.
 
-    def __init__(self) -> None:
+    Installed only when training is the process's command (`cifarlab train`, torchrun's
+    workers): a program that calls the trainer as a library (a notebook, a test under
+    pytest) keeps its own Ctrl-C, which then interrupts training like any other code."""
+
+    def __init__(self, install: bool = True) -> None:
         self.signal: int | None = None
+        self.install = install
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
@@ -21,7 +26,7 @@ class StopRequests:
         self.signal = signum
 
     def __enter__(self) -> StopRequests:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM) if self.install else ():
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)
             except ValueError:  # not the main thread: leave signals alone

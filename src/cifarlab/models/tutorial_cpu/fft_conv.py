@@ -5,7 +5,7 @@ oneDNN's direct convolution already runs near the CPU's peak, so only fewer arit
 operations make it faster. In the Fourier domain a convolution is one complex product per
 frequency and channel pair: a 16x16 transform of each padded 12x12 image and each filter,
 144 complex products instead of 144 x 25 multiply-adds per channel pair, then one inverse
-transform per output (cpu_kernels.cpp, part 3: NNPACK's ft16x16, run on each thread for its
+transform per output (kernels.cpp, part 3: NNPACK's ft16x16, run on each thread for its
 share of the batch). The function is the same convolution; the rounding differs, and at
 the tutorial's shapes it was smaller than the direct convolution's (against float64: 2.4e-6
 against 1.7e-5 for the input gradient; tests/test_fft_conv.py holds it to float64).
@@ -23,38 +23,30 @@ filters' gradient, whose batch and channel axes are swapped anyway.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
-from . import native
+from . import build, conv2_choice
 
 _LARGEST_TRANSFORMED = 16  # NNPACK's ft16x16: filters (and the gradient's "filters") up to 16x16
 
 
-def _available() -> bool:
-    kernels = native.kernels()
-    return kernels is not None and kernels.fft_conv_available()
-
-
 def fft_conv_serves(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
-    """Whether conv2d(x, weight, padding=padding) (stride 1, no groups) can go this way: not
-    switched off (CIFARLAB_FFT_CONV=0, for A/B runs), the native kernels serve x, NNPACK runs
-    here, and every pass fits NNPACK: square filters (one padding serves the input
-    gradient), they and the output (the kernel of the filters' gradient) at most 16x16, the
-    padding smaller than both; at least one image (the filters' gradient convolves over the
-    batch as its channels)."""
+    """Whether conv2d(x, weight, padding=padding) (stride 1, no groups) goes this way: the
+    native kernels serve x, every pass fits NNPACK (square filters, so one padding serves the
+    input gradient; they and the output, the kernel of the filters' gradient, at most 16x16;
+    the padding smaller than both; at least one image, since the filters' gradient convolves
+    over the batch as its channels), and conv2_choice.py found the route right and faster
+    here."""
     if x.dim() != 4 or weight.dim() != 4 or x.shape[0] == 0:
         return False
     k_h, k_w = weight.shape[-2:]
     out_h, out_w = x.shape[-2] + 2 * padding - k_h + 1, x.shape[-1] + 2 * padding - k_w + 1
     return (
-        os.environ.get("CIFARLAB_FFT_CONV", "1") != "0"
-        and native.serves(x) and weight.dtype == torch.float32 and weight.shape[1] == x.shape[1]
+        build.serves(x) and weight.dtype == torch.float32 and weight.shape[1] == x.shape[1]
         and k_h == k_w and 0 <= padding < min(k_h, out_h, out_w)
         and max(k_h, out_h, out_w) <= _LARGEST_TRANSFORMED
-        and _available()
+        and conv2_choice.by_fourier()
     )  # fmt: skip
 
 
@@ -66,7 +58,7 @@ class _FftConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, padding: int):
         x_nchw, w_nchw = x.contiguous(), weight.contiguous()
-        y = native.kernels().fft_conv(x_nchw, w_nchw, bias, padding)
+        y = build.kernels().fft_conv(x_nchw, w_nchw, bias, padding)
         ctx.save_for_backward(x_nchw, w_nchw)
         ctx.padding, ctx.has_bias = padding, bias is not None
         return y
@@ -74,7 +66,7 @@ class _FftConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, weight = ctx.saved_tensors
-        conv = native.kernels().fft_conv
+        conv = build.kernels().fft_conv
         grad_y = grad_y.contiguous()
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:

@@ -236,7 +236,7 @@ torch::Tensor max_pool_backward(const torch::Tensor& grad, const torch::Tensor& 
 // convolution ran 2x slower after any parallel PyTorch operator). Here each OpenMP thread
 // calls NNPACK single-threaded for its share of the batch: no second set of threads.
 // NNPACK is found by name at run time, so a PyTorch built without it only makes
-// fft_conv_available() false (models/fft_conv.py then keeps oneDNN's convolution).
+// fft_conv_available() false (tutorial_cpu/conv2_choice.py then keeps oneDNN's convolution).
 
 struct NnpSize {  // NNPACK's struct nnp_size
   size_t width, height;
