@@ -48,10 +48,28 @@ def test_verify_counts_per_class_on_cifar100(tmp_path, capsys):
     assert "   99 worm             3" in out
 
 
-def test_bench_data_json_last_line(capsys):
-    assert main(["bench", "data", "--seconds", "0.2", "--repeats", "2", "--json"]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert json.loads(last)["images_per_second"] > 0
+@pytest.mark.parametrize("recipe", ["tutorial", "fast"])
+def test_bench_data_times_the_chosen_recipes_pipeline(capsys, recipe):
+    assert main(["bench", "data", "--recipe", recipe, "--seconds", "0.2", "--repeats", "2",
+                 "--json"]) == 0  # fmt: skip
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["images_per_second"] > 0 and last["recipe"] == recipe
+
+
+def test_train_help_shows_each_recipes_own_defaults(capsys):
+    """Derived from RunConfig and each recipe's run_defaults, not written by hand."""
+    from cifarlab.cli import recipe_defaults
+    from cifarlab.config import build_config
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for field in ("max_steps", "batch_size", "log_every", "summary_every", "checkpoint_every"):
+        text = recipe_defaults(field)
+        assert text in shown, field
+        for recipe in ("tutorial", "fast", "fast-muon", "fast-sgd"):
+            value = getattr(build_config(recipe, {"run_dir": "unused"}).run, field)
+            assert f"{value:,}" in text, (field, recipe, text)
 
 
 @pytest.mark.parametrize(

@@ -52,6 +52,12 @@ def text_files() -> list[Path]:
     return files
 
 
+def test_the_readme_promises_the_image_formats_predict_does() -> None:
+    from cifarlab.predict import IMAGE_FORMATS
+
+    assert f"({', '.join(IMAGE_FORMATS)}; any size or mode)" in README.read_text()
+
+
 def test_no_diary_language() -> None:
     hits = []
     for path in text_files():

@@ -29,6 +29,7 @@ def images_dir(tmp_path):
     Image.fromarray(rng.integers(0, 256, (64, 64, 4), dtype=np.uint8), mode="RGBA").save(
         d / "alpha.webp", lossless=True
     )
+    Image.fromarray(rng.integers(0, 256, (48, 36, 3), dtype=np.uint8)).save(d / "scan.tiff")
     (d / "empty.png").write_bytes(b"")
     (d / "notes.jpg").write_text("not an image at all")
     good = (d / "wide.png").read_bytes()
@@ -37,9 +38,18 @@ def images_dir(tmp_path):
 
 
 def test_every_format_and_mode_becomes_32x32_rgb(images_dir):
-    for name in ("wide.png", "grey.jpg", "small.bmp", "anim.gif", "alpha.webp"):
+    from PIL import Image as PilImage
+
+    from cifarlab.predict import IMAGE_FORMATS
+
+    names = ("wide.png", "grey.jpg", "small.bmp", "anim.gif", "alpha.webp", "scan.tiff")
+    decoded = set()
+    for name in names:
         image = load_image(images_dir / name)
         assert image.shape == (32, 32, 3) and image.dtype == np.uint8, name
+        with PilImage.open(images_dir / name) as opened:
+            decoded.add(opened.format)
+    assert {f.upper() for f in IMAGE_FORMATS} == decoded  # every promised format, tested
 
 
 def test_transparent_pixels_become_white(tmp_path):

@@ -12,11 +12,12 @@ from .recipes import get_recipe
 
 
 def bench_data(
-    *, batch_size: int = 128, threads: int = 1, seconds: float = 2.0, repeats: int = 5,
-    device: str = "cpu", seed: int = 0,
+    recipe: str = "tutorial", *, batch_size: int = 128, threads: int = 1, seconds: float = 2.0,
+    repeats: int = 5, device: str = "cpu", seed: int = 0,
 ) -> dict:  # fmt: skip
-    """Images/s of the full training input pipeline: index a shuffled batch from a
-    CIFAR-10-sized split in memory, crop, flip, brightness, contrast, standardize.
+    """Images/s of a recipe's full training input pipeline: index a shuffled batch from a
+    CIFAR-10-sized split in memory, then the recipe's train_transform (the tutorial's:
+    crop, flip, brightness, contrast, standardize).
 
     Pixel values do not change the cost, so the split is random uint8 of the real shape
     (50,000 x 32 x 32 x 3): the benchmark needs no download.
@@ -28,7 +29,7 @@ def bench_data(
     from .run.device import pick_device
 
     device = pick_device(device)
-    transform = get_recipe("tutorial").train_transform
+    transform = get_recipe(recipe).train_transform
     batches = TrainBatches(
         images, labels, batch_size, transform=transform, seed=seed, device=device
     )
@@ -48,6 +49,7 @@ def bench_data(
     return {
         "images_per_second": statistics.median(rates),
         "runs": rates,
+        "recipe": recipe,
         "batch_size": batch_size,
         "threads": threads,
         "device": str(batches.device),

@@ -49,13 +49,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_data
 
     result = bench_data(
+        args.recipe,
         batch_size=args.batch_size,
         threads=args.threads,
         seconds=args.seconds,
         repeats=args.repeats,
         device=args.device,
     )
-    title = (f"input pipeline (crop, flip, brightness, contrast, standardize), batch {args.batch_size}, "
+    title = (f"{args.recipe}'s training input pipeline, batch {args.batch_size}, "
              f"{args.threads} thread(s), {result['device']}")  # fmt: skip
     return _print_rates(title, result, args.json)
 
@@ -92,6 +93,8 @@ def _print_rates(title: str, result: dict, as_json: bool) -> int:
         print(f"  training FLOPs: {result['step_flops']:.3g} a step (the first), "
               f"{result['run_flops']:.3g} for a run of {result['max_steps']:,} steps")  # fmt: skip
         extra = {k: result[k] for k in ("step_flops", "run_flops", "max_steps")}
+    if "recipe" in result:
+        extra["recipe"] = result["recipe"]
     if as_json:
         print(json.dumps({"images_per_second": round(result["images_per_second"], 1),
                           "warmup_seconds": round(result.get("warmup_seconds", 0.0), 2), **extra}))  # fmt: skip
@@ -354,18 +357,17 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--run-dir", help="where checkpoints, logs and config go (default runs/<recipe>)"
     )
-    p.add_argument("--max-steps", type=at_least(1), help="optimizer steps (tutorial: 100,000)")
+    p.add_argument("--max-steps", type=at_least(1),
+                   help=f"optimizer steps ({recipe_defaults('max_steps')})")  # fmt: skip
     p.add_argument("--budget", type=_positive_float, metavar="MINUTES",
                    help="instead of --max-steps: the steps that fit this many minutes here, "
                         "measured by a short timing run and saved in the run's configuration")  # fmt: skip
-    p.add_argument(
-        "--batch-size", type=at_least(1), help="images per step per process (tutorial: 128)"
-    )
+    p.add_argument("--batch-size", type=at_least(1),
+                   help=f"images per step per process ({recipe_defaults('batch_size')})")  # fmt: skip
     p.add_argument("--global-batch-size", type=at_least(1),
                    help="images per step over all processes (torchrun); fixed whatever the process count")  # fmt: skip
-    p.add_argument(
-        "--seed", type=at_least(0), help="seed for weights, data order, augmentation (default 0)"
-    )
+    p.add_argument("--seed", type=at_least(0),
+                   help=f"seed for weights, data order, augmentation ({recipe_defaults('seed')})")  # fmt: skip
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--threads", type=at_least(1), help="CPU threads (default: all)")
     p.add_argument(
@@ -373,15 +375,12 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train and test on the small synthetic set (no download)",
     )
-    p.add_argument("--log-every", type=at_least(1), help="steps between console lines (default 10)")
-    p.add_argument(
-        "--summary-every",
-        type=at_least(1),
-        help="steps between TensorBoard summaries (default 100)",
-    )
-    p.add_argument(
-        "--checkpoint-every", type=at_least(1), help="steps between checkpoints (default 1000)"
-    )
+    p.add_argument("--log-every", type=at_least(1),
+                   help=f"steps between console lines ({recipe_defaults('log_every')})")  # fmt: skip
+    p.add_argument("--summary-every", type=at_least(1),
+                   help=f"steps between TensorBoard summaries ({recipe_defaults('summary_every')})")  # fmt: skip
+    p.add_argument("--checkpoint-every", type=at_least(1),
+                   help=f"steps between checkpoints ({recipe_defaults('checkpoint_every')})")  # fmt: skip
     p.add_argument(
         "--config", help="TOML file of configuration fields (run fields and recipe parameters)"
     )
@@ -394,6 +393,27 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def recipe_defaults(field: str) -> str:
+    """A run field's default for each built-in recipe, derived from RunConfig and each
+    recipe's run_defaults: "default 0", or "default: tutorial 10; fast, fast-muon 12"."""
+    import dataclasses
+
+    from .config import RunConfig
+    from .recipes import _BUILTIN, load_recipe
+
+    base = next(f.default for f in dataclasses.fields(RunConfig) if f.name == field)
+    load_recipe("tutorial")  # the built-in recipes registered
+    by_value: dict = {}
+    for name in sorted(_BUILTIN, key=lambda n: (n != "tutorial", n)):
+        value = load_recipe(name)[0].run_defaults.get(field, base)
+        by_value.setdefault(value, []).append(name)
+    if len(by_value) == 1:
+        return f"default {base:,}"
+    return "default: " + "; ".join(
+        f"{', '.join(names)} {value:,}" for value, names in by_value.items()
+    )
+
+
 def _eval_parser(commands) -> None:
     p = commands.add_parser("eval", help="evaluate a run's checkpoint(s): precision @ 1/5, per class, confusion",
                             description="Evaluate a run's averaged weights on its test set, each image exactly once; "
@@ -403,14 +423,15 @@ def _eval_parser(commands) -> None:
                    help="latest (default), a checkpoint file, or a checkpoint's name in RUN_DIR")  # fmt: skip
     p.add_argument("--weights", choices=["averaged", "ema", "raw"], default="averaged",
                    help="the recipe's averaged weights (default, as the original; 'ema' is the same) or raw")  # fmt: skip
-    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--split", choices=["test", "train"], default="test",
+                   help="the split to evaluate (default test)")  # fmt: skip
     p.add_argument("--tta", action="store_true",
                    help="average the logits over the recipe's test-time views (tutorial: image and mirror)")  # fmt: skip
     p.add_argument("--data-dir", help="data root, overriding the run's saved one")
     p.add_argument(
         "--batch-size", type=at_least(1), default=128, help="images per forward pass (default 128)"
     )
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument(
         "--threads",
         type=at_least(1),
@@ -430,12 +451,15 @@ def _eval_parser(commands) -> None:
 
 
 def _predict_parser(commands) -> None:
+    from .predict import IMAGE_FORMATS
+
     p = commands.add_parser("predict", help="classify your own images with a trained run",
-                            description="Top-k classes for image files (PNG, JPEG, BMP, GIF, WebP, TIFF; any size or mode).")  # fmt: skip
+                            description=f"Top-k classes for image files ({', '.join(IMAGE_FORMATS)}; any size or mode).")  # fmt: skip
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("images", metavar="IMAGE", nargs="+")
-    p.add_argument("--top-k", type=at_least(1), default=3)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--top-k", type=at_least(1), default=3,
+                   help="classes shown per image, most likely first (default 3)")  # fmt: skip
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.set_defaults(run=_cmd_predict)
 
@@ -445,7 +469,8 @@ def _export_parser(commands) -> None:
                             description="Export a run's averaged weights with the recipe's evaluation preprocessing "
                                         "inside: input uint8 RGB [N, 32, 32, 3], output logits.")  # fmt: skip
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx",
+                   help="onnx (default; runs in onnxruntime) or torchscript (deprecated by PyTorch)")  # fmt: skip
     p.add_argument(
         "--out",
         help="output file (default RUN_DIR/model.onnx or model.torchscript.pt); never overwritten",
@@ -454,7 +479,7 @@ def _export_parser(commands) -> None:
         "--check-images",
         type=at_least(1),
         default=1000,
-        help="test images compared against PyTorch",
+        help="test images compared against PyTorch (default 1000)",
     )
     p.set_defaults(run=_cmd_export)
 
@@ -476,8 +501,12 @@ def _bench_parser(commands) -> None:
     )
     what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     json_help = 'print {"images_per_second": ...} as the last line'
-    d = what.add_parser("data", help="images/s of the training input pipeline")
-    d.add_argument("--batch-size", type=at_least(1), default=128)
+    d = what.add_parser("data", help="images/s of a recipe's training input pipeline")
+    d.add_argument("--recipe", default="tutorial",
+                   help="whose train_transform (default tutorial: crop, flip, brightness, "
+                        "contrast, standardize)")  # fmt: skip
+    d.add_argument("--batch-size", type=at_least(1), default=128,
+                   help="images per batch (default 128)")  # fmt: skip
     d.add_argument(
         "--threads",
         type=at_least(1),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from pathlib import Path
 
@@ -50,6 +51,17 @@ def check_output_path(out: Path, run_dir: Path, fmt: str) -> None:
         raise CifarlabError(f"--out {out}: exists; remove it first or name another file")
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _export_onnx(graph: nn.Module, example: torch.Tensor, out: Path) -> None:
     try:
         import onnx  # noqa: F401
@@ -59,8 +71,13 @@ def _export_onnx(graph: nn.Module, example: torch.Tensor, out: Path) -> None:
             "ONNX export needs onnx and onnxscript: pip install 'cifarlab[export]'"
         ) from None
     batch = torch.export.Dim("batch", min=1)
-    # The exporter narrates each pass on stdout and warns about its own internals: keep quiet.
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    # The exporter narrates each pass on stdout, warns about its own internals, and logs one
+    # line per torchvision operator it cannot register (torchvision is not needed): quiet.
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        warnings.catch_warnings(),
+        _quiet_logger("torch.onnx._internal.exporter._registration"),
+    ):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(graph, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
                                     dynamic_shapes=({0: batch},), verbose=False)  # fmt: skip

@@ -11,6 +11,12 @@ One optimizer (not two side by side) so the trainer's contract holds unchanged: 
 parameter group from the recipe, one state dict in each checkpoint. A group with
 `orthogonalize=True` gets the Muon update; the others get exactly torch.optim.SGD's Nesterov
 update with its (coupled) weight decay.
+
+Why not torch.optim.Muon (torch >= 2.9): it takes only 2-D parameters (these are 4-D filter
+banks, flattened here per step), keeps its momentum as an exponential average (buffer
+lerped towards the gradient) where the recipes' settings assume SGD's sum, shrinks weights
+by a decoupled decay instead of fixing their norm, and serves no non-Muon group, so the
+recipes' tuned steps would all change meaning and the trainer would need two optimizers.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ from torch import nn
 
 from .recipes import Recipe
 
+# What the README and `predict --help` promise (tests decode one file of each, test_docs
+# checks the README says the same); Pillow reads more, which are not promised.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WebP", "TIFF")
 MAX_PIXELS = 40_000_000  # refuse larger images: a decompression bomb, not a photo to classify
 MAX_FILE_BYTES = 100 * 1024 * 1024
 

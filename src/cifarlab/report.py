@@ -57,6 +57,23 @@ def _saved_fields(run_dir: Path) -> dict:
     return config.flat()
 
 
+def _plain_y_axis(ax) -> None:
+    """Values as they are (no offset such as "+1e-1" above the axis), and a constant series
+    drawn against a range from zero rather than zoomed until rounding noise fills the plot."""
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    low, high = ax.get_ylim()
+    values = [v for line in ax.get_lines() for v in line.get_ydata()]
+    if values and max(values) - min(values) <= 1e-9 * max(abs(v) for v in values):
+        top = max(values)
+        ax.set_ylim(0, top * 1.2) if top > 0 else ax.set_ylim(low, high)
+
+
+def _shown(field: str, value) -> str:
+    if field == "data_dir" and value is None:  # the default root, resolved when the run ran
+        return "default: $CIFARLAB_DATA, else ~/.cache/cifarlab"
+    return repr(value)
+
+
 def write_report(run_dir: Path) -> Path:
     import matplotlib
 
@@ -71,16 +88,18 @@ def write_report(run_dir: Path) -> Path:
     loss_keys = sorted({k for r in records if r.get("kind") == "train" for k in r
                         if k.startswith("loss/") and not k.endswith("(raw)")},
                        key=lambda k: (k != "loss/total_loss", k))[:6]  # fmt: skip
-    panels = [
-        ("training loss", "loss.png",
+    panels = [  # title, y-axis label, file, series
+        ("training loss", "loss", "loss.png",
          [("train", k, f"{k[5:]} (moving average)") for k in loss_keys]),
-        ("learning rate", "learning_rate.png", [("train", "learning_rate", "learning rate")]),
-        ("examples / s", "examples_per_sec.png", [("train", "examples_per_sec", "examples/s")]),
-        ("eval precision @ 1", "eval_precision.png",
+        ("learning rate", "learning rate", "learning_rate.png",
+         [("train", "learning_rate", "learning rate")]),
+        ("training speed", "examples / s", "examples_per_sec.png",
+         [("train", "examples_per_sec", "examples/s")]),
+        ("eval precision @ 1", "precision @ 1", "eval_precision.png",
          [("eval", "eval/precision_at_1", "test, averaged weights")]),
     ]  # fmt: skip
     written = []
-    for title, filename, lines in panels:
+    for title, ylabel, filename, lines in panels:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         drawn = False
         for kind, key, label in lines:
@@ -89,7 +108,9 @@ def write_report(run_dir: Path) -> Path:
                 ax.plot(steps, values, marker="o" if len(steps) < 30 else None, label=label)
                 drawn = True
         ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
         ax.set_title(title)
+        _plain_y_axis(ax)
         if drawn:
             ax.legend(fontsize=8)
         else:
@@ -127,7 +148,7 @@ def write_report(run_dir: Path) -> Path:
         lines += ["## Evaluations", "", "| step | precision @ 1 |", "|---:|---:|"]
         lines += [f"| {s:,} | {v:.4f} |" for s, v in zip(steps, precision, strict=True)] + [""]
     lines += ["## Configuration", "", "| field | value |", "|---|---|"] + [
-        f"| {k} | {v!r} |" for k, v in config.items()
+        f"| {k} | {_shown(k, v)} |" for k, v in config.items()
     ]
     summary = out_dir / "report.md"
     summary.write_text("\n".join(lines) + "\n")
