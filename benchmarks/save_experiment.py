@@ -12,19 +12,35 @@ copy: the finished seeds are skipped, the rest trained.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 from cifarlab.experiment.results import show
 from cifarlab.run.result import RESULT
 
 
+def evidence(dest: Path) -> dict:
+    """What produced these figures: the command, and from the seeds' result.json files the
+    machines, torch versions, code versions and dates they ran on."""
+    spec = json.loads((dest / "experiment.json").read_text())
+    results = [json.loads(p.read_text()) for p in sorted(dest.glob(f"seed-*/{RESULT}"))]
+
+    def seen(key: str) -> list:
+        return sorted({str(r[key]) for r in results if r.get(key) is not None})
+
+    return {"command": " ".join(["cifarlab experiment run EXP_DIR", *spec.get("train_args", [])]),
+            "cpus": seen("cpu"), "threads": seen("threads"), "torch": seen("torch"),
+            "code": seen("code"), "finished": seen("finished")}  # fmt: skip
+
+
 def main() -> None:
-    if len(sys.argv) != 3:
-        sys.exit(__doc__.split("\n\n")[1])
-    source, dest = Path(sys.argv[1]), Path(sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", type=Path, help="the experiment directory (EXP_DIR)")
+    parser.add_argument("dest", type=Path, help="where its small files go")
+    args = parser.parse_args()
+    source, dest = args.source, args.dest
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(source / "experiment.json", dest / "experiment.json")
     kept = 0
@@ -36,6 +52,7 @@ def main() -> None:
             shutil.copy2(seed_dir / name, dest / seed_dir.name / name)
         kept += 1
     (dest / "show.json").write_text(json.dumps(show(dest), indent=1) + "\n")
+    (dest / "evidence.json").write_text(json.dumps(evidence(dest), indent=1) + "\n")
     print(f"kept {kept} finished seed(s) of {source} in {dest}")
 
 

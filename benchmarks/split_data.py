@@ -6,8 +6,8 @@ files 64 MiB at a time (benchmarks/gpu_check.sh joins them and verifies the md5s
 
 from __future__ import annotations
 
+import argparse
 import shutil
-import sys
 from pathlib import Path
 
 from cifarlab.data.layout import CIFAR10, dataset_dir
@@ -21,7 +21,9 @@ PARTS = (
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "data/parts")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", nargs="?", default="data/parts", help="default data/parts")
+    out = Path(parser.parse_args().out)
     folder = dataset_dir(None, "cifar10")
     verify_folder(CIFAR10, folder)  # only verified data leaves this machine
     for number, names in enumerate(PARTS, 1):

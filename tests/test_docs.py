@@ -90,3 +90,18 @@ def test_the_evidence_in_the_tree_is_small_and_structured() -> None:
     assert files, "benchmarks/results holds the evidence"
     assert sum(p.stat().st_size for p in files) <= 200_000
     assert not [p for p in files if p.suffix not in {".json", ".md"}], "raw logs stay out"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")))
+def test_every_benchmark_script_runs(script: str) -> None:
+    """Each script the figures rest on at least starts and explains itself (the figures
+    themselves take minutes to hours: BENCHMARKS.md gives each command)."""
+    import subprocess
+    import sys
+
+    if script == "tf_reference.py":
+        pytest.importorskip("tensorflow")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout

@@ -128,3 +128,22 @@ def test_the_faster_route_is_chosen_and_the_verdict_cached(monkeypatch, fresh_ch
     from cifarlab.models.tutorial_cpu import fft_conv
 
     assert not fft_conv.fft_conv_serves(x, weight, 2)
+
+
+@needs_build
+def test_a_fresh_process_times_conv2_without_waiting_on_itself(tmp_path):
+    """The timing takes the build's lock and then runs the kernels, which a fresh process
+    has yet to load under that same lock: it must not wait on itself."""
+    assert build.kernels() is not None  # built (or loaded) here: copied into tmp_path below
+    shutil.copytree(build.entry(), tmp_path / build.entry().name)
+    (tmp_path / build.entry().name / conv2_choice.CHOICE_FILE).unlink(missing_ok=True)
+    env = {**os.environ, "CIFARLAB_KERNEL_CACHE": str(tmp_path)}
+    env.pop("CIFARLAB_FFT_CONV", None)
+    code = ("from cifarlab.models.tutorial_cpu import conv2_choice; "
+            "print(conv2_choice.timed_verdict()['fourier'])")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in ("True", "False")
+    assert "building" not in done.stderr  # loaded from the copied entry
+    assert (tmp_path / build.entry().name / conv2_choice.CHOICE_FILE).is_file()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import time
+from pathlib import Path
 
 import torch
 
@@ -18,6 +19,20 @@ def cpu_name() -> str:
                     if line.startswith("Model name"))  # fmt: skip
     except (OSError, subprocess.SubprocessError, StopIteration):
         return platform.processor() or platform.machine()
+
+
+def code_version() -> str:
+    """Which code ran: `git describe --always --dirty` of the checkout cifarlab runs from,
+    else the package's version (an installed copy)."""
+    from . import __version__
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else __version__
 
 
 def device_name(device: torch.device) -> str:

@@ -309,7 +309,7 @@ def result_record(
     """What result.json holds (run/result.py): the final evaluation, the wall time from the
     command to it, the training FLOPs (cifarlab/flops.py), where it ran."""
     from ..flops import training_flops
-    from ..machine import cpu_name
+    from ..machine import code_version, cpu_name
 
     seconds = state.seconds()  # to the accuracy: not the counting below
     flops = training_flops(config, state.plan.train_examples, world_size)
@@ -321,6 +321,7 @@ def result_record(
         "step_flops": flops["step_flops"], "world_size": world_size, "recipe": config.recipe_spec,
         "recipe_sha256": config.source.sha256, "torch": torch.__version__,
         "machine": platform.node(), "cpu": cpu_name(), "threads": torch.get_num_threads(),
+        "code": code_version(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }  # fmt: skip
 

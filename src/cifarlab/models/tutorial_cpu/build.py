@@ -92,16 +92,30 @@ def entry() -> Path:
     return cache_root() / f"cifarlab_native_{cache_key()}"
 
 
+_held = 0  # this process's depth inside entry_lock (flock would block on itself)
+
+
 @contextmanager
 def entry_lock():
-    """Hold the entry's lock (see the module docstring): one builder or timer at a time."""
+    """Hold the entry's lock (see the module docstring): one builder or timer at a time.
+    Re-entrant within a process."""
+    global _held
     folder = entry()
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_name(folder.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if this process dies
+    if _held:
+        _held += 1
         try:
             yield folder
         finally:
+            _held -= 1
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        _held = 1
+        try:
+            yield folder
+        finally:
+            _held = 0
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
