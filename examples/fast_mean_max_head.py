@@ -5,10 +5,14 @@ global max of the last block's features. Changes relative to `fast`: the head on
     cifarlab train --recipe examples/fast_mean_max_head.py --set head_pool=max   # = fast's head
     cifarlab experiment run runs/mean-max --recipe examples/fast_mean_max_head.py --seeds 0-4
 
-Measured on CIFAR-10 at 2e14 FLOPs (one seed, docs/fast.md): 93.97% against 93.92% with
-the max alone, well inside the seed-to-seed spread. Every other part (the whitening stem,
-the blocks, Muon, hard-example selection, the lookahead, the test-time views) is the
-library's, reused unchanged: this file is all a variant needs.
+Does the mean help? One experiment against `fast` over the same seeds says, with its
+interval (docs/experiments.md):
+
+    cifarlab experiment compare runs/fast runs/mean-max
+
+Every other part (the whitening stem, the blocks, Muon, hard-example selection, the
+lookahead, the test-time views) is the library's, reused unchanged: this file is all a
+variant needs.
 """
 
 from __future__ import annotations
