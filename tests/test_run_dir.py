@@ -44,7 +44,7 @@ def _as_previous_version(run, step):
 
 
 @pytest.mark.slow
-def test_a_run_written_by_the_previous_version_evaluates_and_resumes(tmp_path, capsys):
+def test_a_run_written_by_the_previous_version_evaluates_and_resumes(tmp_path, capsys, monkeypatch):
     straight, old = tmp_path / "straight", tmp_path / "old"
     for run in (straight, old):
         assert (
@@ -65,6 +65,10 @@ def test_a_run_written_by_the_previous_version_evaluates_and_resumes(tmp_path, c
     for step in (4, 8):
         (old / f"ckpt-{step:08d}.pt").unlink() if step == 8 else _as_previous_version(old, step)
     assert load_config(old).get("learning_rate") == 0.1
+    # Its checkpoint has no digest: refused until the user says to trust it.
+    assert main(["eval", str(old), "--json"]) == 1
+    assert "has no SHA-256 digest" in capsys.readouterr().err
+    monkeypatch.setenv("CIFARLAB_TRUST_UNDIGESTED", "1")
     assert main(["eval", str(old), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 4
     assert main(["train", "--run-dir", str(old), "--no-progress"]) == 0

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from cifarlab.run.checkpoint import DIGEST_KEY, load_checkpoint
+from cifarlab.run.checkpoint import DIGEST_KEY, content_digest, load_checkpoint
 
 from .conftest import SMALL, assert_one_line_error, cli
 
@@ -32,20 +32,39 @@ def _write(path, obj):
     torch.save(obj, path)
 
 
+def _digested(state):
+    """A state with a valid digest: what gets past the digest check to the later ones."""
+    return {**state, DIGEST_KEY: content_digest(state)}
+
+
+def _edited_weight(run):
+    state = _tensor_state(run)
+    name = next(iter(state["model"]))
+    state["model"][name] = state["model"][name] + 1.0
+    return state
+
+
 CASES = {
     "pickled code": (lambda run, p: _write(p, {"step": 9, "model": RunsCode()}), "holds Python objects"),
     "a bare tensor": (lambda run, p: _write(p, torch.zeros(3)), "not a cifarlab checkpoint (it holds Tensor)"),
     "a plain state dict": (lambda run, p: _write(p, _tensor_state(run)["model"]), "a dict without a step"),
     "a list": (lambda run, p: _write(p, [1, 2, 3]), "it holds list"),
-    "no weights": (lambda run, p: _write(p, {"step": 9}), "no 'model'"),
-    "no average": (lambda run, p: _write(p, {"step": 9, "model": _tensor_state(run)["model"]}), "no 'average'"),
-    "another network": (lambda run, p: _write(p, {**_tensor_state(run), "model": torch.nn.Linear(3, 2).state_dict(),
-                                                  DIGEST_KEY: None}), "do not fit this run's network"),
+    "no weights": (lambda run, p: _write(p, _digested({"step": 9})), "no 'model'"),
+    "no average": (lambda run, p: _write(p, _digested({"step": 9, "model": _tensor_state(run)["model"]})),
+                   "no 'average'"),
+    "another network": (lambda run, p: _write(p, _digested({**_tensor_state(run),
+                                                            "model": torch.nn.Linear(3, 2).state_dict()})),
+                        "do not fit this run's network"),
     "another data set (100 classes)": (
-        lambda run, p: _write(p, {**_tensor_state(run), DIGEST_KEY: None,
-                                  "model": {**_tensor_state(run)["model"],
-                                            "softmax_linear.weight": torch.zeros(100, 192),
-                                            "softmax_linear.bias": torch.zeros(100)}}), "do not fit"),
+        lambda run, p: _write(p, _digested({**_tensor_state(run),
+                                            "model": {**_tensor_state(run)["model"],
+                                                      "softmax_linear.weight": torch.zeros(100, 192),
+                                                      "softmax_linear.bias": torch.zeros(100)}})), "do not fit"),
+    "a weight edited, the digest removed": (
+        lambda run, p: _write(p, {k: v for k, v in _edited_weight(run).items() if k != DIGEST_KEY}),
+        "has no SHA-256 digest"),
+    "a weight edited, the digest set to None": (
+        lambda run, p: _write(p, {**_edited_weight(run), DIGEST_KEY: None}), "has no SHA-256 digest"),
     "one flipped byte": (lambda run, p: (shutil.copy(run / "ckpt-00000008.pt", p), _flip_middle_byte(p)),
                          "damaged (its content no longer matches its SHA-256 digest)"),
     "a forged digest": (lambda run, p: _write(p, {**_tensor_state(run), DIGEST_KEY: "0" * 64}), "damaged"),

@@ -13,6 +13,7 @@ The file stays a plain torch.save archive that `torch.load` reads.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ DIGEST_KEY = "sha256"  # of everything else in the checkpoint's top-level dict
 
 class CheckpointError(CifarlabError):
     """A file under a checkpoint's name that cannot be used: unreadable, damaged, or not ours."""
+
+
+TRUST_UNDIGESTED = "CIFARLAB_TRUST_UNDIGESTED"
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -101,8 +105,9 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int = 5) -> Pat
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
     """Read and check a checkpoint: CheckpointError, in one line, for a file that is not a
     readable checkpoint, is damaged (digest mismatch), or lacks a step. FileNotFoundError
-    passes through (a watcher may lose a race with keep-N rotation). Checkpoints written
-    before digests existed (no digest key) load unchecked."""
+    passes through (a watcher may lose a race with keep-N rotation). A checkpoint without a
+    digest (or with an empty one) is refused: its content cannot be checked. Those written
+    before digests existed load only when CIFARLAB_TRUST_UNDIGESTED=1 says to trust them."""
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -116,7 +121,13 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         what = type(state).__name__ if not isinstance(state, dict) else "a dict without a step"
         raise CheckpointError(f"{path}: not a cifarlab checkpoint (it holds {what})")
     expected = state.get(DIGEST_KEY)
-    if expected is not None and content_digest(state) != expected:
+    if not isinstance(expected, str) or not expected:
+        if os.environ.get(TRUST_UNDIGESTED) == "1":
+            return state
+        raise CheckpointError(f"{path}: has no SHA-256 digest, so its content cannot be checked; "
+                              f"refused (one written before digests existed: set "
+                              f"{TRUST_UNDIGESTED}=1 to trust it)")  # fmt: skip
+    if content_digest(state) != expected:
         raise CheckpointError(f"{path}: damaged (its content no longer matches its SHA-256 digest)")
     return state
 
