@@ -320,6 +320,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
+MAX_BUDGET_MINUTES = 7 * 24 * 60  # a week: past it, the timing run's estimate means nothing
+
+
+def _budget_minutes(text: str) -> float:
+    value = _positive_float(text)
+    if value > MAX_BUDGET_MINUTES:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_BUDGET_MINUTES} minutes (a week), got {text}; use --max-steps"
+        )
+    return value
+
+
 def _download_parser(commands) -> None:
     p = commands.add_parser("download", help="download and verify CIFAR-10/100",
                             description="Install a data set, verified byte-exact, atomically.")  # fmt: skip
@@ -359,7 +371,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-steps", type=at_least(1),
                    help=f"optimizer steps ({recipe_defaults('max_steps')})")  # fmt: skip
-    p.add_argument("--budget", type=_positive_float, metavar="MINUTES",
+    p.add_argument("--budget", type=_budget_minutes, metavar="MINUTES",
                    help="instead of --max-steps: the steps that fit this many minutes here, "
                         "measured by a short timing run and saved in the run's configuration")  # fmt: skip
     p.add_argument("--batch-size", type=at_least(1),

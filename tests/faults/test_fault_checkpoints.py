@@ -37,6 +37,17 @@ def _digested(state):
     return {**state, DIGEST_KEY: content_digest(state)}
 
 
+def _with(run, **parts):
+    return _digested({**_tensor_state(run), **parts})
+
+
+def _nan_weight(run):
+    model = dict(_tensor_state(run)["model"])
+    name = next(iter(model))
+    model[name] = torch.full_like(model[name], float("nan"))
+    return _with(run, model=model)
+
+
 def _edited_weight(run):
     state = _tensor_state(run)
     name = next(iter(state["model"]))
@@ -65,6 +76,10 @@ CASES = {
         "has no SHA-256 digest"),
     "a weight edited, the digest set to None": (
         lambda run, p: _write(p, {**_edited_weight(run), DIGEST_KEY: None}), "has no SHA-256 digest"),
+    "NaN weights under a valid digest": (lambda run, p: _write(p, _nan_weight(run)), "holds NaN or infinite"),
+    "step 10^18": (lambda run, p: _write(p, _with(run, step=10**18)), "step 1000000000000000000 is out of range"),
+    "step -5": (lambda run, p: _write(p, _with(run, step=-5)), "step -5 is out of range"),
+    "world size 0": (lambda run, p: _write(p, _with(run, world_size=0)), "world_size 0 is not a process count"),
     "one flipped byte": (lambda run, p: (shutil.copy(run / "ckpt-00000008.pt", p), _flip_middle_byte(p)),
                          "damaged (its content no longer matches its SHA-256 digest)"),
     "a forged digest": (lambda run, p: _write(p, {**_tensor_state(run), DIGEST_KEY: "0" * 64}), "damaged"),
@@ -121,3 +136,65 @@ def test_a_hostile_checkpoint_cannot_resume_training(run_copy):
     done = cli("train", *SMALL, "--run-dir", run_copy, "--max-steps", 12)
     assert_one_line_error(done, "is intact")
     assert not os.path.exists(MARKER)
+
+
+def _newest(run):
+    return max(run.glob("ckpt-*.pt"))
+
+
+def _rewrite_newest(run, change):
+    path = _newest(run)
+    state = load_checkpoint(path)
+    change(state)
+    state.pop(DIGEST_KEY)
+    torch.save(_digested(state), path)
+    for older in run.glob("ckpt-*.pt"):  # only the rewritten one to fall back on
+        if older != path:
+            older.unlink()
+
+
+def test_train_refuses_to_continue_from_another_data_sets_checkpoint(run_copy):
+    def hundred_classes(state):
+        state["model"]["softmax_linear.weight"] = torch.zeros(100, 192)
+        state["model"]["softmax_linear.bias"] = torch.zeros(100)
+
+    _rewrite_newest(run_copy, hundred_classes)
+    done = cli("train", "--run-dir", run_copy, "--max-steps", 12, "--no-progress")
+    assert_one_line_error(done, "do not fit this run's network")
+
+
+def test_train_refuses_an_optimizer_state_of_other_shapes(tmp_path):
+    run = tmp_path / "run"
+    done = cli("train", *SMALL, "--recipe", "fast-sgd", "--set", "width=32", "--run-dir", run,
+               "--max-steps", 4, "--checkpoint-every", 2)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+    def wrong_buffer(state):
+        buffers = [v for v in state["optimizer"]["state"].values() if "momentum_buffer" in v]
+        assert buffers, "the SGD recipe keeps momentum buffers"
+        buffers[0]["momentum_buffer"] = torch.zeros(7, 7)
+
+    _rewrite_newest(run, wrong_buffer)
+    done = cli("train", "--run-dir", run, "--no-progress")
+    assert_one_line_error(done, "optimizer state does not fit this run", "momentum_buffer")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [(lambda losses: losses.fill_(float("nan")), "hold NaN or -inf"),
+     (lambda losses: losses[:-3], "per-example losses are not this training set's")],
+    ids=["NaN losses", "the wrong length"],
+)  # fmt: skip
+def test_train_refuses_an_unusable_hard_example_state(tmp_path, change, message):
+    run = tmp_path / "run"
+    done = cli("train", *SMALL, "--recipe", "fast", "--set", "width=32", "--run-dir", run,
+               "--max-steps", 6, "--checkpoint-every", 2)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+    def spoil(state):
+        state["data"]["example_losses"] = change(state["data"]["example_losses"].clone())
+
+    _rewrite_newest(run, spoil)
+    done = cli("train", "--run-dir", run, "--no-progress")
+    line = assert_one_line_error(done, "hard-example state is unusable", message)
+    assert "process" not in line  # not blamed on the process count

@@ -22,6 +22,9 @@ USAGE = [  # (arguments, words the parser's one error line must hold)
     (["bench", "data", "--seconds", "0"], ["--seconds"]),
     (["bench", "data", "--repeats", "0"], ["--repeats"]),
     (["download", "--source", "ftp"], ["--source"]),
+    (["train", "--budget", "1e9"], ["--budget", "at most 10080 minutes (a week)"]),  # never a hang
+    (["train", "--budget", "0"], ["--budget", "positive"]),
+    (["train", "--budget", "inf"], ["--budget"]),
 ]
 
 

@@ -192,13 +192,27 @@ class TrainBatches:
         self.step_in_epoch = int(state["step_in_epoch"])
         self._order = None
         if self.hard_examples is not None:
-            if "example_losses" not in state:
-                raise ValueError("the data position was saved without hard-example selection")
-            if state["example_losses"].shape != self.example_losses.shape:
-                raise ValueError("the saved per-example losses are for another training set")
-            self.example_losses = state["example_losses"].clone().float()
-            if state["order"] is not None:
-                self._order = state["order"].to(self.device)
+            losses, order = state.get("example_losses"), state.get("order")
+            if not isinstance(losses, torch.Tensor):
+                raise SelectionStateError("it was saved without hard-example selection")
+            if losses.shape != self.example_losses.shape:
+                raise SelectionStateError(f"its {tuple(losses.shape)} per-example losses are "
+                                          f"not this training set's {self.example_losses.numel()}")  # fmt: skip
+            if bool(torch.isnan(losses).any()) or bool((losses == float("-inf")).any()):
+                raise SelectionStateError("its per-example losses hold NaN or -inf")
+            n = self.example_losses.numel()
+            if order is not None and (not isinstance(order, torch.Tensor) or order.dim() != 1
+                                      or (order.numel() and not 0 <= int(order.min()) <= int(order.max()) < n)):  # fmt: skip
+                raise SelectionStateError(
+                    "its epoch order is not a list of this training set's examples"
+                )
+            self.example_losses = losses.clone().float()  # +inf: not seen yet
+            if order is not None:
+                self._order = order.to(self.device)
+
+
+class SelectionStateError(ValueError):
+    """A checkpoint's hard-example selection state that cannot be this run's."""
 
 
 def eval_batches(

@@ -129,7 +129,38 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
                               f"{TRUST_UNDIGESTED}=1 to trust it)")  # fmt: skip
     if content_digest(state) != expected:
         raise CheckpointError(f"{path}: damaged (its content no longer matches its SHA-256 digest)")
+    check_values(state, path)
     return state
+
+
+MAX_STEP = 10**12  # beyond any run: a larger step is a corrupted or forged file
+
+
+def check_values(state: dict, path: Path | str) -> None:
+    """What a digest cannot tell (it proves only that the file is as written): the step and
+    the process count in range, and the weights finite. CheckpointError, by name."""
+    step = state["step"]
+    if not 0 <= step <= MAX_STEP:
+        raise CheckpointError(f"{path}: step {step} is out of range (0 to {MAX_STEP:.0e})")
+    world = state.get("world_size", 1)
+    if not isinstance(world, int) or world < 1:
+        raise CheckpointError(f"{path}: world_size {world!r} is not a process count")
+    for part in ("model", "average"):
+        weights = state.get(part)
+        for name, value in _tensors(weights, part):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise CheckpointError(f"{path}: {name} holds NaN or infinite values; refused")
+
+
+def _tensors(value: Any, prefix: str):
+    if isinstance(value, torch.Tensor):
+        yield prefix, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _tensors(item, f"{prefix}/{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _tensors(item, f"{prefix}/{i}")
 
 
 def checkpoint_part(state: dict, key: str, path: Path | str) -> Any:

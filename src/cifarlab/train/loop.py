@@ -25,11 +25,16 @@ from ..averaging import ScalarAverage
 from ..config import TrainConfig
 from ..data.datasets import data_root_for, load_run_split
 from ..data.layout import dataset_info
-from ..data.loader import TrainBatches
+from ..data.loader import SelectionStateError, TrainBatches
 from ..errors import CifarlabError, ConfigError
 from ..evaluate import evaluate_model
 from ..recipes import Recipe, TrainingPlan
-from ..run.checkpoint import remove_stale_temporaries, save_checkpoint, saved_average
+from ..run.checkpoint import (
+    CheckpointError,
+    remove_stale_temporaries,
+    save_checkpoint,
+    saved_average,
+)
 from ..run.config_file import save_config
 from ..run.result import write_result
 from ..run.status import write_status
@@ -87,10 +92,22 @@ class TrainingState:
         }  # fmt: skip
 
     def restore(self, state: dict, world_size: int, run_dir: Path) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Continue from a checkpoint's state; a part that does not fit this run (another
+        network or data set, an optimizer state of other shapes) is a one-line refusal."""
+        from ..run.trained import load_weights
+
+        load_weights(self.model, state["model"], run_dir)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{run_dir}: its checkpoint's optimizer state does not fit "
+                                  f"this run ({e})") from None  # fmt: skip
+        check_optimizer_shapes(self.optimizer, run_dir)
         try:
             self.batches.load_state_dict(state["data"])
+        except SelectionStateError as e:
+            raise CheckpointError(f"{run_dir}: its checkpoint's hard-example state is unusable: "
+                                  f"{e}") from None  # fmt: skip
         except ValueError as e:
             raise ConfigError(f"cannot continue {run_dir} with {world_size} process(es): {e}; "
                               "use the same number of processes, or a fixed --global-batch-size") from None  # fmt: skip
@@ -99,6 +116,19 @@ class TrainingState:
             self.average.load_state_dict(saved_average(state, run_dir))
         self.step = int(state["step"])
         self.seconds_before = float(state.get("seconds", 0.0))  # absent before it was saved
+
+
+def check_optimizer_shapes(optimizer: torch.optim.Optimizer, run_dir: Path) -> None:
+    """Each per-parameter buffer (momentum and the like) has its parameter's shape: the
+    optimizer's load_state_dict checks the groups' sizes, not this."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != p.shape:
+                    raise CheckpointError(
+                        f"{run_dir}: its checkpoint's optimizer state does not fit this run "
+                        f"({key} of shape {tuple(value.shape)} for a parameter of "
+                        f"{tuple(p.shape)})")  # fmt: skip
 
 
 @dataclass
