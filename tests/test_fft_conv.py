@@ -14,7 +14,7 @@ from cifarlab.models.tutorial_cpu import fft_conv
 
 # Where the native kernels can be built, the Fourier convolution must serve (PyTorch's x86
 # and ARM builds carry NNPACK): a silent fallback would hide a broken kernel.
-pytestmark = pytest.mark.skipif(
+needs_kernels = pytest.mark.skipif(
     not (shutil.which("c++") and shutil.which("ninja")),
     reason="no C++ compiler or ninja: PyTorch's convolution serves",
 )
@@ -34,6 +34,7 @@ def _reference(x, weight, bias, padding, upstream):
     return out.detach(), x64.grad, w64.grad, b64.grad
 
 
+@needs_kernels
 @pytest.mark.parametrize(
     "batch, channels, filters, size, kernel, padding",
     [
@@ -92,6 +93,7 @@ def test_pytorchs_convolution_serves_where_the_fourier_one_does_not(monkeypatch)
     assert type(fft_conv.conv2d(x, weight, None, 2).grad_fn).__name__ == "ConvolutionBackward0"
 
 
+@needs_kernels
 def test_the_kernel_refuses_what_it_cannot_convolve():
     kernels = native.kernels()
     x, weight = torch.randn(2, 4, 12, 12), torch.randn(6, 4, 5, 5)

@@ -147,3 +147,20 @@ def test_a_fresh_process_times_conv2_without_waiting_on_itself(tmp_path):
     assert done.stdout.strip() in ("True", "False")
     assert "building" not in done.stderr  # loaded from the copied entry
     assert (tmp_path / build.entry().name / conv2_choice.CHOICE_FILE).is_file()
+
+
+def test_without_a_compiler_the_warning_is_given_and_the_network_still_runs(tmp_path):
+    """Nothing on PATH: no compiler, no ninja. One warning naming why, then PyTorch's ops."""
+    code = ("import torch; from cifarlab.models.tutorial import TutorialNet; "
+            "from cifarlab.models.tutorial_cpu import build; "
+            "net = TutorialNet(10, fast=True); print(net(torch.randn(2, 3, 24, 24)).shape); "
+            "print(build.kernels())")  # fmt: skip
+    env = {"HOME": str(tmp_path), "PATH": str(tmp_path / "empty"),
+           "CIFARLAB_KERNEL_CACHE": str(tmp_path / "cache")}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "native kernels unavailable" in done.stderr and "no C++ compiler" in done.stderr
+    assert done.stderr.count("native kernels unavailable") == 1
+    assert "building" not in done.stderr
+    assert done.stdout.split() == ["torch.Size([2,", "10])", "None"]

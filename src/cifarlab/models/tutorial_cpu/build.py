@@ -148,6 +148,9 @@ def _load() -> ModuleType:
     with entry_lock() as folder:
         (folder / "lock").unlink(missing_ok=True)  # PyTorch's baton from a killed build
         building = not _built(folder)
+        compiler = os.environ.get("CXX", "c++")
+        if building and shutil.which(compiler) is None:
+            raise RuntimeError(f"no C++ compiler ({compiler!r}) on PATH")
         if building:
             print("building cifarlab's native CPU kernels for this machine and toolchain "
                   "(once, about 20 s)...", file=sys.stderr, flush=True)  # fmt: skip
