@@ -62,6 +62,10 @@ def test_a_recipe_trains_resumes_evaluates_predicts_exports_and_benchmarks(
         for name, tensor in (a[part] or {}).items():
             if isinstance(tensor, torch.Tensor):
                 assert torch.equal(tensor, b[part][name]), f"{recipe}: {part}/{name}"
+    for index, buffers in a["optimizer"]["state"].items():
+        for key, value in buffers.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, b["optimizer"]["state"][index][key]), (recipe, key)
     assert a["data"]["epoch"] == b["data"]["epoch"]
 
     assert main(["eval", str(straight), "--tta", "--json"]) == 0
