@@ -19,6 +19,35 @@ def cli(*args, env=None, preexec_fn=None, timeout=300):
                           preexec_fn=preexec_fn)  # fmt: skip
 
 
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants, root first (torchrun puts its workers in process groups
+    of their own, so a process group does not reach them). Stop the root first if it must
+    start no new process while the tree is listed."""
+    children: dict[int, list[int]] = {}
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                with open(f"/proc/{stat}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(stat))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += children.get(current, [])
+    return tree
+
+
+def signal_tree(pid: int, signum: int) -> None:
+    for member in process_tree(pid):
+        try:
+            os.kill(member, signum)
+        except ProcessLookupError:
+            pass
+
+
 def assert_one_line_error(done, *fragments, code=1):
     """Refused: exit `code`, stderr exactly one line, each fragment in it, no traceback."""
     lines = [line for line in done.stderr.splitlines() if line.strip()]

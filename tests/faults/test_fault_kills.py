@@ -19,6 +19,8 @@ import torch
 
 from cifarlab.run.checkpoint import list_checkpoints, load_checkpoint
 
+from .conftest import signal_tree
+
 TRIALS = int(os.environ.get("CIFARLAB_FAULT_TRIALS", "2"))
 KILLS_PER_TRIAL = 3  # at most; a kill lands anywhere in start-up, steps, checkpoint writes
 STEPS = 60
@@ -36,29 +38,10 @@ def _command(processes, run):
 
 
 def _kill_tree(pid):
-    """SIGKILL a process and all its descendants at once, as a crashing machine would:
-    torchrun puts its workers in process groups of their own, so killpg is not enough.
+    """SIGKILL a process and all its descendants at once, as a crashing machine would.
     The root is stopped first, so it starts no new process while the tree is listed."""
     os.kill(pid, signal.SIGSTOP)
-    children = {}
-    for stat in os.listdir("/proc"):
-        if stat.isdigit():
-            try:
-                with open(f"/proc/{stat}/stat") as f:
-                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(stat))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo += children.get(current, [])
-    for member in tree:
-        try:
-            os.kill(member, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    signal_tree(pid, signal.SIGKILL)
 
 
 def _final_weights(run):
