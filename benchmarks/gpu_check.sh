@@ -46,8 +46,25 @@ echo "== tutorial network: training and evaluation images/s on the GPU (random d
 cifarlab bench train --recipe tutorial --device cuda --steps 200 --repeats 3 | tail -1
 cifarlab bench eval --recipe tutorial --device cuda --repeats 3 | tail -1
 
-echo "== torchrun with NCCL, 1 process (synthetic data)"
+echo "== torchrun with NCCL, 1 process (synthetic data), then that run evaluated and read on the GPU"
 torchrun --standalone --nproc-per-node=1 -m cifarlab train --synthetic --device cuda \
   --run-dir runs/gpu-nccl --max-steps 50 --no-progress | tail -2
+cifarlab eval runs/gpu-nccl --device cuda --tta | head -2
+python - <<'PY'
+from PIL import Image
+import numpy as np
+Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save("runs/gpu-image.png")
+PY
+cifarlab predict runs/gpu-nccl runs/gpu-image.png --device cuda | tail -2
+
+echo "== fast on the GPU: bfloat16 autocast, data on the device (synthetic data, 20 steps)"
+cifarlab train --recipe fast --synthetic --device cuda --run-dir runs/gpu-bf16 --max-steps 20 \
+  --batch-size 500 --no-progress | tail -1
+
+echo "== the GPU errors: each must be one line, exit 1 (expected failures)"
+gpus=$(python -c "import torch; print(torch.cuda.device_count())")
+cifarlab train --synthetic --device "cuda:$gpus" --run-dir runs/gpu-err1 --max-steps 1 2>&1 | tail -1
+torchrun --standalone --nproc-per-node=$((gpus + 1)) -m cifarlab train --synthetic --device cuda \
+  --run-dir runs/gpu-err2 --max-steps 1 --no-progress 2>&1 | grep -m1 "CUDA device(s)" || echo "MISSING: the too-few-GPUs error"
 
 echo "== done in $(( $(date +%s) - started )) s"
