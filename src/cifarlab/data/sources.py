@@ -16,6 +16,7 @@ later runs and `--verify` check.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -235,15 +236,22 @@ def install_from_archive(info: DatasetInfo, archive: Path, work: Path, log: Log)
     return folder
 
 
-def fetch_official(info: DatasetInfo, work: Path, log: Log, timeout_s: float = 30.0) -> Path:
-    """Download the official archive into `work` with a progress bar; return its path."""
+DOWNLOAD_TIMEOUT_S = 30.0  # a server silent this long (connecting or mid-transfer) has failed
+
+
+def fetch_official(info: DatasetInfo, work: Path, log: Log) -> Path:
+    """Download the official archive into `work` with a progress bar; return its path.
+    A refused, stalled or dropped connection, or fewer bytes than the server announced, is a
+    SourceError in one line (the caller may then try the mirror)."""
     from tqdm import tqdm
 
     target = work / info.archive_name
     log(f"downloading {info.archive_url}")
+    received = 0
     try:
-        with urllib.request.urlopen(info.archive_url, timeout=timeout_s) as response:
-            total = int(response.headers.get("Content-Length") or info.archive_bytes)
+        with urllib.request.urlopen(info.archive_url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            announced = response.headers.get("Content-Length")
+            total = int(announced or info.archive_bytes)
             with (
                 open(target, "wb") as out,
                 tqdm(
@@ -252,9 +260,16 @@ def fetch_official(info: DatasetInfo, work: Path, log: Log, timeout_s: float = 3
             ):
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
+                    received += len(chunk)
                     bar.update(len(chunk))
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-        raise SourceError(f"cannot download {info.archive_url}: {getattr(e, 'reason', e)}") from e
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
+        reason = getattr(e, "reason", None) or type(e).__name__
+        if isinstance(e, http.client.IncompleteRead):
+            reason = f"the connection closed after {received + len(e.partial):,} bytes"
+        raise SourceError(f"cannot download {info.archive_url}: {reason}") from e
+    if announced is not None and received != int(announced):
+        raise SourceError(f"cannot download {info.archive_url}: the connection closed after "
+                          f"{received:,} of {int(announced):,} bytes")  # fmt: skip
     return target
 
 
