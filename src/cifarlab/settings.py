@@ -14,6 +14,11 @@ from typing import Any
 
 from .errors import ConfigError
 
+# Rates, scales and decays meet the weights in float32 products (whose largest value is about
+# 3.4e38): a number past this bound cannot train, it can only overflow mid-step. A float
+# setting without a bound of its own gets this one, so an absurd value is refused up front.
+LARGEST_SETTING = 1e6
+
 
 def setting(
     default: Any,
@@ -110,6 +115,8 @@ def problems(obj: Any) -> list[str]:
         if isinstance(value, float) and not math.isfinite(value):
             found.append(f"{f.name} must be a finite number, got {value}")
             continue
+        if isinstance(value, float) and "at_most" not in limits and "below" not in limits:
+            limits = {**limits, "at_most": LARGEST_SETTING}
         for key, bound in limits.items():
             test, words = checks[key]
             if not test(value, bound):

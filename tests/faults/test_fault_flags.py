@@ -45,6 +45,10 @@ CONFIG = [  # (extra train arguments, words of the one error line)
     (["--set", "learning_rate"], ["expected key=value"]),
     (["--set", "lr=0.1"], ["unknown field(s) lr", "valid: ", "learning_rate"]),
     (["--set", "dataset=mnist"], ["dataset is 'mnist', not one of cifar10, cifar100"]),
+    # Absurd but finite rates overflowed float32 mid-step (an internal error): refused now.
+    (["--recipe", "fast", "--set", "bias_lr_scale=1e300"], ["bias_lr_scale must be at most 1e+06"]),
+    (["--recipe", "fast", "--set", "muon_lr=1e300"], ["muon_lr must be at most 1e+06"]),
+    (["--recipe", "fast", "--set", "weight_decay=1e300"], ["weight_decay must be at most 1e+06"]),
     (["--device", "gpu"], ["--device gpu: not a device"]),
     (["--device", "cuda:banana"], ["--device cuda:banana"]),
     (["--device", "tpu"], ["--device tpu"]),
