@@ -79,10 +79,12 @@ def _fake_install(root, damage=None):
     return folder
 
 
-def test_eval_with_a_data_dir_that_is_not_the_real_set(small_run, tmp_path):
+def test_eval_of_a_synthetic_run_with_a_data_dir_says_where_its_data_is(small_run, tmp_path):
+    """It used to look for the real CIFAR-10 there, and blame that data's checksums."""
     _fake_install(tmp_path / "data")
     done = cli("eval", small_run, "--data-dir", tmp_path / "data")
-    assert_one_line_error(done, "md5 mismatch")
+    assert_one_line_error(done, "was trained on the synthetic set", "synthetic-data",
+                          "--data-dir is for runs on the real data")  # fmt: skip
 
 
 def test_training_on_an_unverifiable_data_dir_says_the_installed_files_failed(tmp_path):

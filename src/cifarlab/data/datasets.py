@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import DataError
 from .layout import dataset_dir, dataset_info
 from .records import load_split
 from .sources import download, installed_problem, is_installed, verify_folder
@@ -88,9 +89,12 @@ def load_run_split(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A split of the run's data, checked against its checksums first (cached by file size
     and mtime); `data_dir` overrides the saved data root. Fetches nothing."""
+    if run.synthetic and data_dir is not None:
+        raise DataError(f"{run_dir} was trained on the synthetic set, which it keeps in "
+                        f"{synthetic_root(run_dir)}; --data-dir is for runs on the real data")  # fmt: skip
     root = data_dir if data_dir is not None else data_root_for(run, run_dir, fetch=False)
     info = dataset_info(run.dataset)
-    if run.synthetic and data_dir is None:
+    if run.synthetic:
         info = dataclasses.replace(info, file_md5={})  # made here: its manifest vouches for it
     folder = dataset_dir(root, run.dataset)
     if folder.is_dir():  # a missing folder gets load_split's message, which says what to run
