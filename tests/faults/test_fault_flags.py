@@ -49,6 +49,8 @@ CONFIG = [  # (extra train arguments, words of the one error line)
     (["--recipe", "fast", "--set", "bias_lr_scale=1e300"], ["bias_lr_scale must be at most 1e+06"]),
     (["--recipe", "fast", "--set", "muon_lr=1e300"], ["muon_lr must be at most 1e+06"]),
     (["--recipe", "fast", "--set", "weight_decay=1e300"], ["weight_decay must be at most 1e+06"]),
+    # 8-pixel crops left a 0x0 map (or 1x1 at batch 1, which BatchNorm cannot train on).
+    (["--recipe", "fast", "--set", "small_size=8"], ["small_size must be at least 17, got 8"]),
     (["--device", "gpu"], ["--device gpu: not a device"]),
     (["--device", "cuda:banana"], ["--device cuda:banana"]),
     (["--device", "tpu"], ["--device tpu"]),

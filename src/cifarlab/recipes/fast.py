@@ -107,8 +107,10 @@ class Params:
     small_epochs: float = setting(
         0.0, "first epochs trained on crops of small_size pixels (fewer FLOPs a step)", at_least=0
     )
+    # At least 17: the whitening (2x2, no padding) and three halvings leave a map of at
+    # least 2x2, so every BatchNorm sees more than one value a channel even at batch 1.
     small_size: int = setting(
-        24, "crop side, pixels, during the small epochs", at_least=8, at_most=32
+        24, "crop side, pixels, during the small epochs", at_least=17, at_most=32
     )
     hard_keep: float = setting(
         1.0, "from hard_from_epoch on, each epoch draws only from this fraction of the training "
