@@ -7,6 +7,7 @@ import hashlib
 import io
 import tarfile
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,17 +82,41 @@ def test_hostile_archives_are_refused_before_anything_is_written(tmp_path, case)
     members, reason = HOSTILE[case]
     archive = _gzip_tar(tmp_path / "cifar-10-binary.tar.gz", members)
     outside_before = _tree(tmp_path)
+    landed_before = {Path(i.name) for i, _ in members if Path(i.name).exists()}
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(SourceError, match=reason):
         safe_extract(archive, dest, max_bytes=unpacked_size_limit(CIFAR10))
     assert _tree(dest) == [] and _tree(tmp_path) == [*outside_before, "dest"]
+    for info, _ in members:  # where each member would have landed, even outside tmp_path
+        landing = Path(info.name) if info.name.startswith("/") else (dest / info.name).resolve()
+        assert not landing.exists() or landing in landed_before, landing
     # through the installer, with checksums that match this archive: nothing installed
     info = dataclasses.replace(CIFAR10, archive_md5=_md5(archive))
     root = tmp_path / "root"
     with pytest.raises(SourceError, match=reason):
         download(info, root, archive=archive, log=lambda m: None)
     assert _tree(root) == []
+
+
+def test_members_adding_up_past_the_data_sets_size_are_refused_before_writing(tmp_path):
+    """No member is large, but together they unpack to more than the data set can hold."""
+    tiny = dataclasses.replace(CIFAR10, examples={"train": 1, "test": 1})  # limit about 1.05 MB
+    limit = unpacked_size_limit(tiny)
+    piece = limit // 3 + 1
+    members = [
+        (_member(f"cifar-10-batches-bin/part{i}.bin", piece), b"\0" * piece) for i in range(3)
+    ]
+    archive = _gzip_tar(tmp_path / "cifar-10-binary.tar.gz", members)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(SourceError, match=f"unpacks to more than {limit:,} bytes"):
+        safe_extract(archive, dest, max_bytes=limit)
+    assert _tree(dest) == []  # refused at the third header, before anything was written
+    info = dataclasses.replace(tiny, archive_md5=_md5(archive))
+    with pytest.raises(SourceError, match="unpacks to more than"):
+        download(info, tmp_path / "root", archive=archive, log=lambda m: None)
+    assert _tree(tmp_path / "root") == []
 
 
 @pytest.mark.parametrize(
