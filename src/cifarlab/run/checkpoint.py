@@ -12,9 +12,12 @@ The file stays a plain torch.save archive that `torch.load` reads.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import resource
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -93,13 +96,33 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int = 5) -> Pat
         with atomic_writer(final) as f:
             torch.save(state, f)
     except (OSError, RuntimeError) as e:  # torch reports a short write as RuntimeError
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"cannot write {final} ({reason}): is the disk full? The earlier checkpoints are intact"
-        ) from None
+        raise CheckpointError(f"cannot write {final} ({_why_unwritten(e, run_dir, state)}); "
+                              "the earlier checkpoints are intact") from None  # fmt: skip
     for _, old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return final
+
+
+def _why_unwritten(error: Exception, folder: Path, state: dict) -> str:
+    """A short write's cause in words: torch's own message for one says only "unexpected
+    pos"; the file system's free space against the checkpoint's size says more."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return "No space left on device"
+    if isinstance(error, OSError) and error.errno == errno.EFBIG:
+        return "File too large: the file-size limit (ulimit -f) is below a checkpoint's size"
+    needed = sum(t.numel() * t.element_size() for _, t in _tensors(state, ""))
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and limit < needed:
+        return (f"File too large: the file-size limit (ulimit -f, {limit / 1e6:.1f} MB) is below "
+                f"a checkpoint's {needed / 1e6:.1f} MB")  # fmt: skip
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < needed:
+        return (f"No space left on device: about {needed / 1e6:.1f} MB needed, "
+                f"{free / 1e6:.1f} MB free")  # fmt: skip
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
