@@ -135,13 +135,13 @@ from pathlib import Path
 from cifarlab.cli import main
 run = Path({str(run)!r})
 def interrupt():
-    while not (run / "ckpt-00000005.pt").exists():
+    while not list(run.glob("ckpt-*.pt")):  # any checkpoint: training is under way
         time.sleep(0.05)
     os.kill(os.getpid(), signal.SIGINT)
 threading.Thread(target=interrupt, daemon=True).start()
 try:
     main(["train", *{SMALL!r}, "--run-dir", str(run), "--max-steps", "100000",
-          "--checkpoint-every", "5"])
+          "--checkpoint-every", "5", "--set", "learning_rate=0.01"])
 except KeyboardInterrupt:
     print("the host got its KeyboardInterrupt")
     sys.exit(3)
@@ -166,10 +166,10 @@ print("training swallowed the interrupt")
 def test_divergence_stops_with_the_tutorial_message_and_keeps_good_checkpoints(tmp_path, capsys):
     run = tmp_path / "run"
     code = main(["train", *SMALL, "--run-dir", str(run), "--max-steps", "50", "--checkpoint-every", "1",
-                 "--set", "learning_rate=1e30"])  # fmt: skip
+                 "--set", "learning_rate=1e6"])  # fmt: skip
     assert code == 1
     err = capsys.readouterr().err
-    assert "cifarlab train: error: Model diverged with loss = NaN at step " in err
+    assert "cifarlab train: error: Model diverged with loss = " in err  # NaN or Inf
     bad_step = int(err.rsplit("at step ", 1)[1].split()[0])
     steps = [s for s, _ in list_checkpoints(run)]
     assert steps and max(steps) == bad_step - 1  # nothing saved from the diverged step
