@@ -138,6 +138,8 @@ def interrupt():
     while not list(run.glob("ckpt-*.pt")):  # any checkpoint: training is under way
         time.sleep(0.05)
     os.kill(os.getpid(), signal.SIGINT)
+# What an interactive program has (a job started in the background inherits SIGINT ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 threading.Thread(target=interrupt, daemon=True).start()
 try:
     main(["train", *{SMALL!r}, "--run-dir", str(run), "--max-steps", "100000",
