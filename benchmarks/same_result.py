@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from cifarlab.run.checkpoint import tensors_in
+
 RUNS = {
     "tutorial-200-fourier": (["--max-steps", "200", "--batch-size", "128"], {"CIFARLAB_FFT_CONV": "1"}),
     "tutorial-200-onednn": (["--max-steps", "200", "--batch-size", "128"], {"CIFARLAB_FFT_CONV": "0"}),
@@ -40,21 +42,8 @@ def train(src: Path, run_dir: Path, args: list[str], env: dict) -> Path:
 
 def tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    found = {}
-
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, torch.Tensor):
-            found[prefix] = value
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}/{key}", item)
-        elif isinstance(value, list | tuple):
-            for i, item in enumerate(value):
-                walk(f"{prefix}/{i}", item)
-
-    for part in ("model", "average", "optimizer"):
-        walk(part, state.get(part))
-    return found
+    return {name: t for part in ("model", "average", "optimizer")
+            for name, t in tensors_in(state.get(part), part)}  # fmt: skip
 
 
 def main() -> int:

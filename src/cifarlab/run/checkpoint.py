@@ -110,7 +110,7 @@ def _why_unwritten(error: Exception, folder: Path, state: dict) -> str:
         return "No space left on device"
     if isinstance(error, OSError) and error.errno == errno.EFBIG:
         return "File too large: the file-size limit (ulimit -f) is below a checkpoint's size"
-    needed = sum(t.numel() * t.element_size() for _, t in _tensors(state, ""))
+    needed = sum(t.numel() * t.element_size() for _, t in tensors_in(state, ""))
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if limit != resource.RLIM_INFINITY and limit < needed:
         return (f"File too large: the file-size limit (ulimit -f, {limit / 1e6:.1f} MB) is below "
@@ -170,20 +170,21 @@ def check_values(state: dict, path: Path | str) -> None:
         raise CheckpointError(f"{path}: world_size {world!r} is not a process count")
     for part in ("model", "average"):
         weights = state.get(part)
-        for name, value in _tensors(weights, part):
+        for name, value in tensors_in(weights, part):
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise CheckpointError(f"{path}: {name} holds NaN or infinite values; refused")
 
 
-def _tensors(value: Any, prefix: str):
+def tensors_in(value: Any, prefix: str):
+    """(path, tensor) for every tensor inside nested dicts, lists and tuples."""
     if isinstance(value, torch.Tensor):
         yield prefix, value
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from _tensors(item, f"{prefix}/{key}")
+            yield from tensors_in(item, f"{prefix}/{key}")
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            yield from _tensors(item, f"{prefix}/{i}")
+            yield from tensors_in(item, f"{prefix}/{i}")
 
 
 def checkpoint_part(state: dict, key: str, path: Path | str) -> Any:
