@@ -90,5 +90,8 @@ class ScalarAverage:
         return {"biased": dict(self.biased), "count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
-        self.biased = {k: float(v) for k, v in state["biased"].items()}
+        # Tensors stay tensors: the next update then rounds in float32 as an uninterrupted
+        # run does (a Python float would make it round in float64 and differ in the last bit).
+        self.biased = {k: v.clone() if isinstance(v, torch.Tensor) else float(v)
+                       for k, v in state["biased"].items()}  # fmt: skip
         self.count = int(state["count"])

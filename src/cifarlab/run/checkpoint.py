@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .. import pause_points
 from ..errors import CifarlabError
 from ..files import atomic_writer, remove_dead_writers_temporaries
 
@@ -95,6 +96,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int = 5) -> Pat
     try:
         with atomic_writer(final) as f:
             torch.save(state, f)
+            pause_points.reached("checkpoint", step)
     except (OSError, RuntimeError) as e:  # torch reports a short write as RuntimeError
         raise CheckpointError(f"cannot write {final} ({_why_unwritten(e, run_dir, state)}); "
                               "the earlier checkpoints are intact") from None  # fmt: skip

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .. import pause_points
 from ..averaging import ScalarAverage
 from ..config import TrainConfig
 from ..data.datasets import data_root_for, load_run_split
@@ -255,6 +256,7 @@ def _train(
     if is_main:
         remove_stale_temporaries(run_dir)
         save_config(config, run_dir)
+    pause_points.reached("start")
     # One process per node fetches (downloads, or makes the synthetic set); the rest wait.
     if placement.local_rank == 0:
         data_root_for(run, run_dir, fetch=True)
@@ -299,6 +301,7 @@ def _train(
                     except Diverged:
                         outcome = "diverged"
                         raise
+                pause_points.reached("step", state.step + 1)
                 averages = apply_step(state, result)
                 report.after_step(state, result, averages)
                 last = state.step == run.max_steps
