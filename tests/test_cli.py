@@ -1,8 +1,10 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
+from conftest import check_bench_report
 
 from cifarlab.cli import build_parser, main
 from cifarlab.data.synthetic import make_synthetic
@@ -50,10 +52,14 @@ def test_verify_counts_per_class_on_cifar100(tmp_path, capsys):
 
 @pytest.mark.parametrize("recipe", ["tutorial", "fast"])
 def test_bench_data_times_the_chosen_recipes_pipeline(capsys, recipe):
-    assert main(["bench", "data", "--recipe", recipe, "--seconds", "0.2", "--repeats", "2",
-                 "--json"]) == 0  # fmt: skip
+    started = time.perf_counter()
+    assert main(["bench", "data", "--recipe", recipe, "--batch-size", "64", "--seconds", "0.2",
+                 "--repeats", "2", "--json"]) == 0  # fmt: skip
+    wall = time.perf_counter() - started
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert last["images_per_second"] > 0 and last["recipe"] == recipe
+    check_bench_report(last, 2, None, wall)
+    assert last["recipe"] == recipe and all(n % 64 == 0 for n in last["run_images"])
+    assert all(t >= 0.2 for t in last["run_seconds"])  # each run lasts the asked seconds
 
 
 def test_train_help_shows_each_recipes_own_defaults(capsys):
@@ -87,12 +93,16 @@ def test_bench_train_and_eval_report_their_rate_and_warm_up(capsys, what, extra)
         "fast_path=false",
         "--json",
     ]
+    started = time.perf_counter()
     assert main([*args, *extra]) == 0
+    wall = time.perf_counter() - started
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].startswith(f"tutorial {'training step' if what == 'train' else 'evaluation'}")
     assert len([line for line in out if line.startswith("  run ")]) == 2
     result = json.loads(out[-1])
-    assert result["images_per_second"] > 0 and result["warmup_seconds"] > 0
+    # train: 2 steps of the tutorial's batch of 128 a run; eval: the 10,000 test-sized images
+    check_bench_report(result, 2, 2 * 128 if what == "train" else 10_000, wall)
+    assert result["warmup_seconds"] > 0
 
 
 def test_bench_refuses_an_unknown_recipe_parameter(capsys):

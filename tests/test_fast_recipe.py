@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import trivial_accuracy
 
 from cifarlab.cli import main
 from cifarlab.config import build_config
@@ -223,7 +224,9 @@ def test_a_short_run_learns_and_resumes_exactly_mid_epoch(tmp_path, capsys, conv
     ]
     assert main(["train", *common, "--run-dir", str(straight), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["precision_at_1"] > 0.5  # chance: 0.1 (6 steps an epoch: 36 steps = 6 epochs)
+    # 6 steps an epoch: 36 steps = 6 epochs. Chance is 0.1; classifiers that learn no
+    # shapes reach about 0.5 on this set.
+    assert trivial_accuracy(straight / "synthetic-data") < 0.6 < 0.65 < result["precision_at_1"]
     # As if killed after step 9 (mid-epoch 2, between lookahead steps): continue from there.
     split.mkdir()
     (split / "ckpt-00000009.pt").write_bytes((straight / "ckpt-00000009.pt").read_bytes())

@@ -1,5 +1,6 @@
 import numpy as np
 import torch
+from conftest import trivial_accuracy
 
 from cifarlab.data.records import load_split
 from cifarlab.data.synthetic import make_synthetic
@@ -18,16 +19,12 @@ def test_synthetic_set_is_deterministic_and_balanced(tmp_path):
     assert torch.bincount(load_split(tmp_path / "a", "test")[1]).tolist() == [5] * 10
 
 
-def test_synthetic_classes_are_separable_by_a_simple_statistic(tmp_path):
-    # A nearest-class-mean classifier on per-channel means must beat chance by far: the
-    # classes carry real signal, so "the network learned" tests are meaningful.
+def test_a_classifier_that_learns_no_shapes_gets_about_half(tmp_path):
+    # Pairs of classes share a colour cast and differ in their stripes only: nearest class
+    # mean on colours or pixels tells the pair, not the class. "The network learned" tests
+    # assert accuracies well above this, so a network learning colours only fails them.
     make_synthetic(tmp_path, train_per_class=100, test_per_class=30, seed=0)
-    x, y = load_split(tmp_path, "train")
-    xt, yt = load_split(tmp_path, "test")
-    feats = x.float().mean(dim=(1, 2))
-    centroids = torch.stack([feats[y == k].mean(0) for k in range(10)])
-    pred = torch.cdist(xt.float().mean(dim=(1, 2)), centroids).argmin(1)
-    assert (pred == yt).float().mean() > 0.5
+    assert 0.35 < trivial_accuracy(tmp_path) < 0.6
 
 
 def test_synthetic_cifar100_layout(tmp_path):

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from conftest import trivial_accuracy
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifarlab.cli import main
@@ -33,7 +34,7 @@ def _wait_for(predicate, process, timeout=120):
 
 def test_short_synthetic_run_learns(tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["train", "--synthetic", "--run-dir", str(run), "--max-steps", "150", "--batch-size", "32",
+    code = main(["train", "--synthetic", "--run-dir", str(run), "--max-steps", "150", "--batch-size", "64",
                  "--set", "synthetic_train_per_class=60", "--set", "synthetic_test_per_class=20",
                  "--summary-every", "50", "--no-progress", "--json"])  # fmt: skip
     assert code == 0
@@ -41,9 +42,10 @@ def test_short_synthetic_run_learns(tmp_path, capsys):
     assert "step 10, loss = " in out and "examples/sec; " in out and "sec/batch)" in out
     result = json.loads(out.strip().splitlines()[-1])
     assert result["examples"] == 200 and result["step"] == 150
-    assert result["precision_at_1"] > 0.5  # chance is 0.1
+    # Chance is 0.1; classifiers that learn no shapes reach about 0.5 on this set.
+    assert trivial_accuracy(run / "synthetic-data") < 0.6 < 0.75 < result["precision_at_1"]
     saved = json.loads((run / "config.json").read_text())
-    assert saved["run"]["max_steps"] == 150 and saved["run"]["batch_size"] == 32
+    assert saved["run"]["max_steps"] == 150 and saved["run"]["batch_size"] == 64
     assert saved["recipe"] == "tutorial" and saved["params"]["learning_rate"] == 0.1
     # eval on the saved run agrees with the end-of-training figure
     assert main(["eval", str(run), "--json"]) == 0
@@ -133,6 +135,7 @@ def test_ctrl_c_reaches_a_program_that_trains_in_process(tmp_path):
 import os, signal, sys, threading, time
 from pathlib import Path
 from cifarlab.cli import main
+from conftest import trivial_accuracy
 run = Path({str(run)!r})
 def interrupt():
     while not list(run.glob("ckpt-*.pt")):  # any checkpoint: training is under way

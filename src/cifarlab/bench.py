@@ -36,19 +36,19 @@ def bench_data(
     sync = torch.cuda.synchronize if batches.device.type == "cuda" else (lambda: None)
     for _ in range(20):  # warm-up: allocator, caches, lazy inits
         batches.next_batch()
-    rates = []
+    counts, timed = [], []
     for _ in range(repeats):
         sync()
         count, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds:
+        while time.perf_counter() - start < seconds:
             batches.next_batch()
             count += batch_size
         sync()
-        elapsed = time.perf_counter() - start
-        rates.append(count / elapsed)
+        counts.append(count)
+        timed.append(time.perf_counter() - start)
     return {
-        "images_per_second": statistics.median(rates),
-        "runs": rates,
+        **_rates(counts, timed),
+        "warmup_seconds": 0.0,
         "recipe": recipe,
         "batch_size": batch_size,
         "threads": threads,
@@ -89,6 +89,14 @@ def training_state(recipe: str, overrides: dict | None, seed: int, device: str):
     return config, recipe_obj, dev, state
 
 
+def _rates(images: list[int], seconds: list[float]) -> dict:
+    """Each timed run's images/s and the median; the images and seconds behind them go into
+    the report too, so a reader (and the tests) can check the arithmetic."""
+    rates = [n / t for n, t in zip(images, seconds, strict=True)]
+    return {"images_per_second": statistics.median(rates), "runs": rates, "run_images": images,
+            "run_seconds": seconds}  # fmt: skip
+
+
 def _measure(warm_up, run_once, images_per_run: int, repeats: int, device: torch.device,
              batch_size: int) -> dict:  # fmt: skip
     """Time warm_up once (reported apart), then run_once `repeats` times: images/s each."""
@@ -97,14 +105,14 @@ def _measure(warm_up, run_once, images_per_run: int, repeats: int, device: torch
     warm_up()
     sync()
     warmup_seconds = time.perf_counter() - start
-    rates = []
+    timed = []
     for _ in range(repeats):
         sync()
         start = time.perf_counter()
         run_once()
         sync()
-        rates.append(images_per_run / (time.perf_counter() - start))
-    return {"images_per_second": statistics.median(rates), "runs": rates, "batch_size": batch_size,
+        timed.append(time.perf_counter() - start)
+    return {**_rates([images_per_run] * repeats, timed), "batch_size": batch_size,
             "warmup_seconds": warmup_seconds, "threads": torch.get_num_threads(), "device": str(device)}  # fmt: skip
 
 

@@ -97,7 +97,10 @@ def _print_rates(title: str, result: dict, as_json: bool) -> int:
         extra["recipe"] = result["recipe"]
     if as_json:
         print(json.dumps({"images_per_second": round(result["images_per_second"], 1),
-                          "warmup_seconds": round(result.get("warmup_seconds", 0.0), 2), **extra}))  # fmt: skip
+                          "warmup_seconds": round(result["warmup_seconds"], 3),
+                          "runs": [round(r, 1) for r in result["runs"]],
+                          "run_images": result["run_images"],
+                          "run_seconds": [round(t, 4) for t in result["run_seconds"]], **extra}))  # fmt: skip
     return 0
 
 
