@@ -334,16 +334,29 @@ def test_a_budget_counts_each_kind_of_step_at_its_own_cost(monkeypatch):
     )
 
 
-def test_a_budget_picks_the_steps_that_fit_and_saves_them(tmp_path, capsys):
+def test_a_budget_picks_the_steps_that_fit_and_saves_them(tmp_path, capsys, monkeypatch):
+    """The budget's arithmetic on a clock the test controls: every timed call (each kind of
+    training step, the evaluation of one batch) takes 2.0 s, the timing run itself none.
+    The real steps still run; only their durations are fixed, so the machine's load cannot
+    change the answer."""
+    from cifarlab.train import budget
+
+    monkeypatch.setattr(budget, "_clock", lambda: 0.0)
+    monkeypatch.setattr(budget, "_timed", lambda fn, repeats: (fn(), 2.0)[1])
+    # 1 min = 60 s: 15 s of start-up, evaluation 2.0 s x 100 test images / 128 a batch =
+    # 1.5625 s, leaving 43.4375 s for steps of 2.0 x 1.03 = 2.06 s: 21 steps (3.5 epochs).
     run = tmp_path / "run"
-    # 36 s: 15 of startup, the timing run, then steps; 0.4 min failed when another run
-    # shared the two cores (an epoch no longer fit)
-    assert main(["train", *SMALL, "--budget", "0.6", "--run-dir", str(run), "--json"]) == 0
+    assert main(["train", *SMALL, "--budget", "1", "--run-dir", str(run), "--json"]) == 0
     out = capsys.readouterr().out
-    assert "budget 0.6 min: " in out and " epochs) fit" in out
-    steps = json.loads((run / "config.json").read_text())["run"]["max_steps"]
-    assert steps >= 6 and f"{steps} steps (" in out  # 400 images / 64: 6 steps an epoch
-    assert json.loads(out.strip().splitlines()[-1])["step"] == steps
+    assert (
+        "budget 1 min: 2.06, 2.06 s a step, about 2 s to evaluate; 21 steps (3.5 epochs) fit" in out
+    )
+    assert json.loads((run / "config.json").read_text())["run"]["max_steps"] == 21
+    assert json.loads(out.strip().splitlines()[-1])["step"] == 21
+    # 0.4 min leaves 7.4 s: 3 steps, less than an epoch (6 steps: 6 x 2.06 + 1.6 + 15 s)
+    assert main(["train", *SMALL, "--budget", "0.4", "--run-dir", str(tmp_path / "y")]) == 1
+    assert "--budget 0.4 min: one epoch takes about 0.5 min" in capsys.readouterr().err
+    assert not (tmp_path / "y" / "config.json").exists()
     assert (
         main(
             ["train", *SMALL, "--budget", "1", "--max-steps", "6", "--run-dir", str(tmp_path / "x")]
