@@ -241,9 +241,10 @@ def test_sigterm_stops_the_running_seed_at_a_checkpoint_and_the_rerun_goes_on(tm
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGTERM, err
-    assert "stopped by signal 15" in err and "seed 0: stopped" in out
     status = json.loads((exp / "seed-0" / "status.json").read_text())
     assert status["state"] == "interrupted" and 2 <= status["step"] < 30  # a checkpoint at its step
+    assert "stopped by signal 15" in err
+    assert f"seed 0: stopped at step {status['step']}, checkpoint written" in out
     assert not (exp / "seed-1").exists()  # no new seed started after the signal
     rerun = ok(cli(*args))
     assert f"resuming {exp.resolve() / 'seed-0'}" in (exp / "seed-0.log").read_text()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import CifarlabError
 from ..run.lock import RunDirectoryBusy, RunLock
+from ..run.status import read_status
 from .results import seed_result
 from .spec import Experiment, seed_dir
 
@@ -138,7 +139,12 @@ class SeedsStopped(CifarlabError):
 def _outcome(experiment: Experiment, seed: int, code: int, stopped: bool = False) -> str:
     result = seed_result(seed_dir(experiment.exp_dir, seed))
     if stopped and result is None:
-        return f"seed {seed}: stopped ({_last_line(Path(experiment.exp_dir) / f'seed-{seed}.log')})"
+        status = read_status(seed_dir(experiment.exp_dir, seed)) or {}
+        if status.get("state") == "interrupted":  # it wrote a checkpoint as it stopped
+            return f"seed {seed}: stopped at step {status.get('step')}, checkpoint written"
+        return (
+            f"seed {seed}: stopped in start-up; a rerun starts it from its last checkpoint, if any"
+        )
     if code == 0 and result is not None:
         return (f"seed {seed}: {result['accuracy']:.2%} in {result['seconds']:.0f} s "
                 f"({result['flops']:.3g} training FLOPs)")  # fmt: skip
