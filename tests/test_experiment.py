@@ -137,13 +137,13 @@ def test_plan_writes_commands_any_scheduler_runs_and_show_reads_what_finished(tm
 
 
 def test_compare_tells_a_real_difference_from_none(tmp_path):
-    """30 steps against 300 of the same recipe on synthetic data: B is better, p < 0.01.
-    Two seed sets of one configuration: the interval contains 0."""
+    """5 steps against 50 of the same recipe on synthetic data (about 9% against 81%): B is
+    better, p < 0.01. Two seed sets of one configuration: the interval contains 0."""
     short, long_, again = tmp_path / "short", tmp_path / "long", tmp_path / "again"
-    common = ["--recipe", "tutorial", "--synthetic", "--set", "synthetic_train_per_class=30",
-              "--set", "synthetic_test_per_class=30", "--batch-size", "30", "--threads", "1",
-              "--checkpoint-every", "1000", "--set", "ema_decay=0.9"]  # fmt: skip
-    for exp, seeds, steps in ((short, "0-3", 30), (long_, "0-3", 300), (again, "4-7", 30)):
+    common = ["--recipe", "fast-sgd", "--set", "width=32", "--synthetic", "--set",
+              "synthetic_train_per_class=30", "--set", "synthetic_test_per_class=30",
+              "--batch-size", "60", "--threads", "1", "--checkpoint-every", "1000"]  # fmt: skip
+    for exp, seeds, steps in ((short, "0-3", 5), (long_, "0-3", 50), (again, "4-7", 5)):
         ok(
             cli(
                 "experiment",

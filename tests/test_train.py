@@ -135,7 +135,6 @@ def test_ctrl_c_reaches_a_program_that_trains_in_process(tmp_path):
 import os, signal, sys, threading, time
 from pathlib import Path
 from cifarlab.cli import main
-from conftest import trivial_accuracy
 run = Path({str(run)!r})
 def interrupt():
     while not list(run.glob("ckpt-*.pt")):  # any checkpoint: training is under way

@@ -100,7 +100,7 @@ def _print_rates(title: str, result: dict, as_json: bool) -> int:
                           "warmup_seconds": round(result["warmup_seconds"], 3),
                           "runs": [round(r, 1) for r in result["runs"]],
                           "run_images": result["run_images"],
-                          "run_seconds": [round(t, 4) for t in result["run_seconds"]], **extra}))  # fmt: skip
+                          "run_seconds": [round(t, 6) for t in result["run_seconds"]], **extra}))  # fmt: skip
     return 0
 
 
