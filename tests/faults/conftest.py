@@ -19,19 +19,24 @@ def cli(*args, env=None, preexec_fn=None, timeout=300):
                           preexec_fn=preexec_fn)  # fmt: skip
 
 
+def proc_stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name: state, parent pid, ..."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def process_tree(pid: int) -> list[int]:
     """pid and all its descendants, root first (torchrun puts its workers in process groups
     of their own, so a process group does not reach them). Stop the root first if it must
     start no new process while the tree is listed."""
     children: dict[int, list[int]] = {}
-    for stat in os.listdir("/proc"):
-        if stat.isdigit():
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
             try:
-                with open(f"/proc/{stat}/stat") as f:
-                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+                parent = int(proc_stat(int(entry))[1])
             except (OSError, IndexError, ValueError):
                 continue
-            children.setdefault(parent, []).append(int(stat))
+            children.setdefault(parent, []).append(int(entry))
     tree, todo = [], [pid]
     while todo:
         current = todo.pop()

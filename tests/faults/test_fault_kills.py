@@ -30,7 +30,7 @@ import torch
 
 from cifarlab.run.checkpoint import DIGEST_KEY, list_checkpoints, load_checkpoint
 
-from .conftest import SMALL, assert_one_line_error, cli, signal_tree
+from .conftest import SMALL, assert_one_line_error, cli, proc_stat, signal_tree
 
 TRIALS = int(os.environ.get("CIFARLAB_FAULT_TRIALS", "1"))  # the chosen plan, then random ones
 STEPS, EVERY = 25, 5
@@ -69,8 +69,7 @@ def _command(processes: int, recipe: str, run: Path) -> list[str]:
 
 def _state_of(pid: int) -> str:
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
+        return proc_stat(pid)[0]
     except OSError:
         return "gone"
 
