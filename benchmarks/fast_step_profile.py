@@ -2,7 +2,7 @@
 fp32 matrix-product peak it reaches, measured in one run:
 
     python benchmarks/fast_step_profile.py [--recipe fast] [--batch-size 1024] [--set KEY=VALUE ...]
-                                           [--default-allocator]
+                                           [--against KEY=VALUE ...] [--default-allocator]
 
 1. the peak (cifarlab.machine.matmul_peak_gflops: the better of MKL and oneDNN);
 2. seconds a step of the real training step (train/loop.py's forward_step and apply_step, as
@@ -11,7 +11,11 @@ fp32 matrix-product peak it reaches, measured in one run:
    counted FLOPs of a step (full-size images, as in the late epochs) over it = GFLOP/s, and
    its fraction of the peak; the minor page faults a step (memory the kernel hands out anew:
    zero once malloc keeps freed memory, cifarlab/allocator.py);
-3. a torch.profiler table of one more step: self CPU time by operator family.
+3. a torch.profiler table of one more step: self CPU time by operator family, and each
+   convolution pass (forward, backward) by its input shapes, one line per layer and pass.
+With --against, the same for the recipe with those settings changed, in the same run, and
+how many times as fast its step is (`--against precision=bfloat16`: the plain float32
+path beside the bfloat16 one).
 Run it on a quiet machine: anything else running halves the figures.
 """
 
@@ -51,21 +55,39 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--against", action="append", default=[], metavar="KEY=VALUE",
+                        help="also measure the recipe with these settings changed (for "
+                             "instance precision=bfloat16), beside the first, in this run")  # fmt: skip
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc's malloc as it is (the CLI configures it: "
                              "cifarlab/allocator.py), to measure what that buys")  # fmt: skip
     args = parser.parse_args()
 
     from cifarlab.allocator import configure_allocator
-    from cifarlab.bench import training_state
     from cifarlab.config import parse_set
-    from cifarlab.train.loop import apply_step, forward_step
 
     if not args.default_allocator:
         configure_allocator()
-    overrides = {**parse_set(args.set), "batch_size": args.batch_size, "max_steps": 10**6}
+    peak = matmul_peak_gflops(torch.device("cpu"))
+    print(f"device: {device_name(torch.device('cpu'))}; torch {torch.__version__}; "
+          f"fp32 matmul peak {peak:,.0f} GFLOP/s")  # fmt: skip
+    base = parse_set(args.set)
+    variants = [("as set", base)]
+    if args.against:
+        variants.append((" ".join(args.against), {**base, **parse_set(args.against)}))
+    results = [measure(args, label, overrides, peak) for label, overrides in variants]
+    if len(results) == 2:
+        print(f"\n{variants[1][0]}: step {results[0] / results[1]:.2f}x as fast as {variants[0][0]}")
+
+
+def measure(args, label: str, settings: dict, peak: float) -> float:
+    """One variant: its step's median seconds, GFLOP/s, page faults, where the time goes
+    (by operator family, and each convolution pass by its input shapes). Returns seconds."""
+    from cifarlab.bench import training_state
+    from cifarlab.train.loop import apply_step, forward_step
+
+    overrides = {**settings, "batch_size": args.batch_size, "max_steps": 10**6}
     config, recipe, cpu, state = training_state(args.recipe, overrides, seed=0, device="cpu")
-    peak = matmul_peak_gflops(cpu)
     # A typical step, mid-run: the whitening bias frozen (the recipe's prepare_step), as in
     # most of a run's steps, and full-size images (without progressive resizing).
     state.step = config.run.max_steps // 2
@@ -81,18 +103,19 @@ def main() -> None:
         faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / n)
         return (time.perf_counter() - start) / n
 
-    steps(2)  # warm-up: allocator, caches
+    steps(2)  # warm-up: allocator, caches, routes timed at first use
     seconds = sorted(steps(args.steps) for _ in range(args.repeats))
     step_s = statistics.median(seconds)
     gflops = flops / step_s / 1e9
-    print(f"device: {device_name(cpu)}; torch {torch.__version__}")
-    print(f"fp32 matmul peak {peak:,.0f} GFLOP/s; step {step_s:.2f} s (runs "
-          f"{', '.join(f'{s:.2f}' for s in seconds)}), {args.batch_size / step_s:,.0f} images/s; "
-          f"{flops / args.batch_size / 1e9:.3f} GFLOP an image: {gflops:,.0f} GFLOP/s = "
-          f"{gflops / peak:.0%} of the peak")  # fmt: skip
+    dtype = recipe.compute_dtype(cpu)
+    print(f"\n## {args.recipe}, {label} ({dtype or torch.float32} arithmetic)\n")
+    print(f"step {step_s:.2f} s (runs {', '.join(f'{s:.2f}' for s in seconds)}), "
+          f"{args.batch_size / step_s:,.0f} images/s; {flops / args.batch_size / 1e9:.3f} GFLOP "
+          f"an image: {gflops:,.0f} GFLOP/s = {gflops / peak:.0%} of the fp32 peak")  # fmt: skip
     print(f"minor page faults a step: {statistics.median(faults[1:]):,.0f}")
 
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                record_shapes=True) as prof:  # fmt: skip
         steps(1)
     by_family: dict[str, float] = defaultdict(float)
     ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
@@ -102,9 +125,19 @@ def main() -> None:
     print("\n| operator family | ms (self CPU, one step) | share |\n|---|---:|---:|")
     for name, ms in sorted(by_family.items(), key=lambda kv: -kv[1]):
         print(f"| {name} | {ms:,.0f} | {ms / total:.0%} |")
+    print("\nconvolution passes (and the matrix products of bf16_conv's filter gradients), "
+          "by input shapes:")
+    shaped = prof.key_averages(group_by_input_shape=True)
+    for event in sorted(shaped, key=lambda e: -e.self_cpu_time_total):
+        wanted = family(event.key) == "convolution" or event.key == "aten::mm"
+        if wanted and event.self_cpu_time_total >= 1000:  # at least 1 ms: the work, not calls
+            shapes = " ".join(str(s) for s in event.input_shapes[:3] if s)
+            print(f"  {event.self_cpu_time_total / 1e3:8.1f} ms  {event.count:3d}x  "
+                  f"{event.key}  {shapes}")
     print("\ntop operators:")
     for event in ops[:15]:
         print(f"  {event.self_cpu_time_total / 1e3:8.0f} ms  {event.count:4d}x  {event.key}")
+    return step_s
 
 
 if __name__ == "__main__":

@@ -21,6 +21,21 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
+def cpu_description() -> str:
+    """The CPU's model name and instruction-set flags, from the first processor's entries:
+    what decides which instructions compiled code may use and which route is faster here."""
+    described = platform.machine() + platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                described += line
+            if line.startswith("flags"):
+                break  # the first processor's entries are enough
+    except OSError:
+        pass
+    return described
+
+
 def code_version() -> str:
     """Which code ran: `git describe --always --dirty` of the checkout cifarlab runs from,
     else the package's version (an installed copy)."""

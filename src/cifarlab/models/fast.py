@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import bf16_conv
+
 LOGIT_SCALE = 1 / 9  # keeps initial logits small: softmax near uniform at the start
 
 
@@ -48,10 +50,10 @@ def _patches(images: torch.Tensor, size: int) -> torch.Tensor:
 class ConvBlock(nn.Module):
     def __init__(self, channels_in: int, channels_out: int, bn_momentum: float) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False)
+        self.conv1 = bf16_conv.Conv2d(channels_in, channels_out, 3, padding=1, bias=False)
         self.pool = nn.MaxPool2d(2)
         self.norm1 = _batch_norm(channels_out, bn_momentum)
-        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, padding=1, bias=False)
+        self.conv2 = bf16_conv.Conv2d(channels_out, channels_out, 3, padding=1, bias=False)
         self.norm2 = _batch_norm(channels_out, bn_momentum)
         self.activation = nn.GELU()
         for conv in (self.conv1, self.conv2):

@@ -20,6 +20,7 @@ Three named configurations of the one recipe:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,7 @@ from torch import nn
 
 from ..averaging import copy_saved_tensors
 from ..data.loader import HardExamples
+from ..models import bf16_conv
 from ..models.fast import FastNet
 from ..muon import Muon
 from ..settings import setting, with_defaults
@@ -130,6 +132,13 @@ class Params:
     muon_iterations: int = setting(
         5, "Newton-Schulz iterations orthogonalizing each Muon update", at_least=1, at_most=20
     )
+    precision: str = setting(
+        "float32", "arithmetic of the network on a CPU: float32; bfloat16 (autocast, the "
+        "convolutions by models/bf16_conv.py: fast where the CPU multiplies bfloat16 natively, "
+        "AMX); or auto (bfloat16 where a forward and backward of this network was timed faster "
+        "in it on this machine, else float32). On CUDA: bfloat16 unless float32",
+        choices=("float32", "bfloat16", "auto"),
+    )  # fmt: skip
     tta_views: int = setting(
         6, "test-time views: 6 (the image and its two diagonal 1-pixel shifts, weighted 2:1:1, "
         "each with its mirror) or 18 (all nine 1-pixel shifts alike, each with its mirror)",
@@ -263,10 +272,13 @@ class FastSGD(Recipe):
     def __init__(self, params: Params | None = None) -> None:
         super().__init__(params)
         self.normalize = Normalize()  # built once, not at every step
+        self._bf16_verdict: bool | None = None
+
+    def widths(self) -> tuple[int, int, int]:
+        return (self.params.width // 4, self.params.width, self.params.width)
 
     def build_model(self, num_classes: int, train_images: torch.Tensor | None) -> nn.Module:
-        model = FastNet(num_classes, widths=(self.params.width // 4, self.params.width, self.params.width),
-                        bn_momentum=self.params.bn_momentum)  # fmt: skip
+        model = FastNet(num_classes, widths=self.widths(), bn_momentum=self.params.bn_momentum)
         if not self.params.whitening:
             model.whiten.weight.requires_grad_(True)  # an ordinary first layer
         elif train_images is not None:
@@ -376,7 +388,33 @@ class FastSGD(Recipe):
         )
 
     def compute_dtype(self, device: torch.device) -> torch.dtype | None:
-        return torch.bfloat16 if device.type == "cuda" else None  # no gain on CPUs without AMX
+        precision = self.params.precision
+        if precision == "float32":
+            return None
+        if device.type == "cuda" or precision == "bfloat16":
+            return torch.bfloat16
+        return torch.bfloat16 if self._bf16_timed_faster() else None
+
+    def _bf16_timed_faster(self) -> bool:
+        """precision=auto on a CPU: this network timed both ways here (models/bf16_conv.py)."""
+        if self._bf16_verdict is None:
+            self._bf16_verdict = bf16_conv.bf16_faster(
+                "fast-net-bf16", {"widths": list(self.widths())},
+                lambda: FastNet(widths=self.widths()).to(memory_format=torch.channels_last),
+            )  # fmt: skip
+        return self._bf16_verdict
+
+    def prepare_device(self, device: torch.device) -> None:
+        if device.type == "cpu":
+            self.compute_dtype(device)  # precision=auto settled (timed) before any clock
+
+    def for_flop_count(self) -> FastSGD:
+        # The FLOPs are those of the function computed, whatever the arithmetic: counted in
+        # float32, where the counter sees the plain convolutions (bf16_conv's filter-gradient
+        # routes are other operations) and nothing needs timing first.
+        if self.params.precision == "float32":
+            return self
+        return type(self)(dataclasses.replace(self.params, precision="float32"))
 
 
 # airbench94-Muon's settings in this recipe's units: its head and bias rates at batch 2,000

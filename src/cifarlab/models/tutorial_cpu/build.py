@@ -40,6 +40,8 @@ from types import ModuleType
 
 import torch
 
+from ...machine import cpu_description
+
 SOURCE = Path(__file__).with_name("kernels.cpp")
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
 
@@ -49,20 +51,6 @@ _tried = False
 
 def enabled() -> bool:
     return os.environ.get("CIFARLAB_NATIVE", "1") != "0" and sys.platform.startswith("linux")
-
-
-def _cpu_description() -> str:
-    """What decides which instructions the compiler may use here."""
-    described = platform.machine() + platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                described += line
-            if line.startswith("flags"):
-                break  # the first processor's entries are enough
-    except OSError:
-        pass
-    return described
 
 
 def _compiler() -> str:
@@ -77,7 +65,7 @@ def _compiler() -> str:
 
 def cache_key() -> str:
     """A short hash of everything that changes the built module."""
-    parts = [_cpu_description(), torch.__version__, torch.version.git_version or "",
+    parts = [cpu_description(), torch.__version__, torch.version.git_version or "",
              platform.python_implementation(), platform.python_version(), _compiler(),
              " ".join(FLAGS), hashlib.sha256(SOURCE.read_bytes()).hexdigest()]  # fmt: skip
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

@@ -1,0 +1,225 @@
+"""Convolutions in bfloat16 on a CPU, each pass by the route timed fastest here.
+
+On CPUs that multiply bfloat16 natively (Intel's AMX), oneDNN's bfloat16 convolution runs the
+forward pass and the input gradient 3-7x faster than float32 at the fast network's shapes,
+and a bfloat16 matrix product reaches 3-5x float32's rate. oneDNN's bfloat16 *filter
+gradient* is another matter: with as many input channels as output channels or more
+(64 -> 64, 256 -> 256), its AMX kernel took about 8 ms an image (1.6 s at batch 200,
+against 0.1 s in float32), and elsewhere it was no faster than float32. So the filter
+gradient of each shape goes whichever of three ways was timed fastest on this machine
+(cifarlab/timed_choice.py):
+
+  onednn-float32    oneDNN's float32 filter gradient of the bfloat16 inputs cast up;
+  onednn-bfloat16   oneDNN's bfloat16 filter gradient;
+  shifted-bfloat16  one bfloat16 matrix product per filter tap (module `_shifted_weight_grad`).
+
+Every route computes the gradient autocast would (the bfloat16 inputs, a float32 sum); they
+differ in rounding only. `Conv2d` is nn.Conv2d (same parameters, same state dict) whose
+forward takes this route under CPU autocast to bfloat16, in eager mode; anywhere else it is
+nn.Conv2d's own forward. `bf16_faster` times a whole network both ways, for a recipe's
+`precision=auto`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import timed_choice
+
+BF16 = torch.bfloat16
+TIMING_BATCH = 128  # images a filter-gradient timing runs on: near a real batch's regime
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        print(f"cifarlab: {message}", file=sys.stderr, flush=True)
+
+
+def _convolution_backward(grad_y, x, weight, padding: int, input_grad: bool, weight_grad: bool):
+    return torch.ops.aten.convolution_backward(
+        grad_y, x, weight, None, [1, 1], [padding, padding], [1, 1], False, [0, 0], 1,
+        [input_grad, weight_grad, False],
+    )  # fmt: skip
+
+
+def _onednn_bf16(grad_y, x, weight_bf16, padding: int) -> torch.Tensor:
+    return _convolution_backward(grad_y, x, weight_bf16, padding, False, True)[1].float()
+
+
+def _onednn_fp32(grad_y, x, weight_bf16, padding: int) -> torch.Tensor:
+    weight = weight_bf16.float().contiguous(memory_format=torch.channels_last)
+    return _convolution_backward(grad_y.float(), x.float(), weight, padding, False, True)[1]
+
+
+def _shifted_weight_grad(grad_y, x, weight_bf16, padding: int) -> torch.Tensor:
+    """dW[:, :, i, j] = sum over positions p of grad_y[p] x[p + (i, j)] as one product per
+    tap (i, j), with no copy of x per tap: x is laid out zero-padded, channels-last, as one
+    [positions, C] matrix, and grad_y on the same grid (zeros where it has no pixel). Then
+    the pixel under tap (i, j) of output position p is row p + i * padded_width + j, for
+    every image at once, so each tap's rows are one contiguous window of that matrix. The
+    grid costs (H + 2p)(W + 2p) / (H W) more multiplications (1.65x at 7x7), which the
+    bfloat16 product's speed pays for where the timing chose this route."""
+    n, c, h, w = x.shape
+    o, _, k, _ = weight_bf16.shape
+    hp, wp = h + 2 * padding, w + 2 * padding
+    out_h, out_w = grad_y.shape[-2:]
+    positions = n * hp * wp
+    grid_x = x.new_zeros(positions + (k - 1) * (wp + 1), c)  # past the end: the last windows
+    grid_x[:positions].view(n, hp, wp, c)[:, padding : padding + h, padding : padding + w] = (
+        x.permute(0, 2, 3, 1)
+    )
+    grid_y = grad_y.new_zeros(n, hp, wp, o)
+    grid_y[:, :out_h, :out_w] = grad_y.permute(0, 2, 3, 1)
+    grid_y = grid_y.view(positions, o).t()
+    grad_w = torch.empty(o, c, k, k)
+    for i in range(k):
+        for j in range(k):
+            start = i * wp + j
+            grad_w[:, :, i, j] = grid_y @ grid_x[start : start + positions]
+    return grad_w
+
+
+WEIGHT_GRAD_ROUTES = {
+    "onednn-float32": _onednn_fp32,
+    "onednn-bfloat16": _onednn_bf16,
+    "shifted-bfloat16": _shifted_weight_grad,
+}
+
+
+def weight_grad_route(channels_in: int, channels_out: int, height: int, width: int,
+                      kernel: int, padding: int) -> str:  # fmt: skip
+    """The fastest filter-gradient route for this shape on this machine (timed once, kept)."""
+    shape = [channels_in, channels_out, height, width, kernel, padding]
+    verdict = timed_choice.remembered(
+        "bf16-conv-weight-grad",
+        {"shape": shape, "batch": TIMING_BATCH, "routes": sorted(WEIGHT_GRAD_ROUTES)},
+        lambda: _time_routes(*shape),
+    )  # fmt: skip
+    return verdict["route"]
+
+
+def _time_routes(channels_in, channels_out, height, width, kernel, padding) -> dict:
+    """Best of 2 of each route after a warm-up, alternating, in milliseconds."""
+    g = torch.Generator().manual_seed(0)
+    layout = torch.channels_last
+    x = torch.randn(TIMING_BATCH, channels_in, height, width, generator=g)
+    x = x.to(BF16).contiguous(memory_format=layout)
+    w = torch.randn(channels_out, channels_in, kernel, kernel, generator=g) * 0.05
+    w = w.to(BF16).contiguous(memory_format=layout)
+    out_h, out_w = height + 2 * padding - kernel + 1, width + 2 * padding - kernel + 1
+    grad_y = torch.randn(TIMING_BATCH, channels_out, out_h, out_w, generator=g)
+    grad_y = grad_y.to(BF16).contiguous(memory_format=layout)
+    times: dict[str, list[float]] = {name: [] for name in WEIGHT_GRAD_ROUTES}
+    for round_ in range(3):
+        for name, route in WEIGHT_GRAD_ROUTES.items():
+            start = time.perf_counter()
+            route(grad_y, x, w, padding)
+            if round_:
+                times[name].append((time.perf_counter() - start) * 1000)
+    best = {name: min(t) for name, t in times.items()}
+    return {"route": min(best, key=best.get), "ms": {k: round(v, 3) for k, v in best.items()}}
+
+
+class _Bf16Conv(torch.autograd.Function):
+    """conv2d(x, weight, padding=padding), stride 1, in bfloat16: x and the output bfloat16,
+    the weight float32 (the parameter) cast for the passes, its gradient float32."""
+
+    @staticmethod
+    def forward(ctx, x, weight, padding: int):
+        x = x.to(BF16)
+        weight_bf16 = weight.to(BF16)
+        ctx.save_for_backward(x, weight_bf16)
+        ctx.padding = padding
+        return F.conv2d(x, weight_bf16, padding=padding)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight_bf16 = ctx.saved_tensors
+        grad_y = grad_y.to(BF16)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _convolution_backward(grad_y, x, weight_bf16, ctx.padding, True, False)[0]
+        if ctx.needs_input_grad[1]:
+            _, c_in, h, w = x.shape
+            route = weight_grad_route(c_in, weight_bf16.shape[0], h, w, weight_bf16.shape[-1],
+                                      ctx.padding)  # fmt: skip
+            grad_w = WEIGHT_GRAD_ROUTES[route](grad_y, x, weight_bf16, ctx.padding)
+        return grad_x, grad_w, None
+
+
+def serves(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """Whether this call takes the bfloat16 routes: CPU autocast to bfloat16 is on, the
+    convolution is a square one with stride 1, zero padding and no bias, nothing traces."""
+    return (
+        x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == BF16
+        and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+        and conv.bias is None and conv.padding_mode == "zeros"
+        and isinstance(conv.padding, tuple) and conv.padding[0] == conv.padding[1]
+        and conv.kernel_size[0] == conv.kernel_size[1]
+        and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+    )  # fmt: skip
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d; under CPU autocast to bfloat16, by the routes above (module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if serves(x, self):
+            return _Bf16Conv.apply(x, self.weight, self.padding[0])
+        return super().forward(x)
+
+
+def native_bf16() -> bool:
+    """Whether oneDNN has bfloat16 kernels for this CPU at all (AVX-512 BF16 or AMX)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def bf16_faster(name: str, key: dict, build: Callable[[], nn.Module], batch: int = 64) -> bool:
+    """Whether a training step's forward and backward of `build()` (a network on
+    [batch, 3, 32, 32] channels-last images) is faster under CPU autocast to bfloat16 than
+    in float32 on this machine: timed once (best of 3, alternating, after a warm-up that
+    also settles every filter-gradient route), kept by cifarlab/timed_choice.py. False
+    without timing where oneDNN has no bfloat16 kernels for this CPU."""
+    if not native_bf16():
+        _say_once("float32: this CPU has no native bfloat16 arithmetic")
+        return False
+    verdict = timed_choice.remembered(name, {**key, "batch": batch},
+                                      lambda: _time_network(build, batch))  # fmt: skip
+    route = "bfloat16" if verdict["bfloat16"] else "float32"
+    _say_once(f"{route} on this CPU (timed: float32 {verdict['float32_ms']:.0f} ms, bfloat16 "
+              f"{verdict['bfloat16_ms']:.0f} ms a forward and backward at batch {batch})")  # fmt: skip
+    return verdict["bfloat16"]
+
+
+def _time_network(build: Callable[[], nn.Module], batch: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    model = build().train()
+    x = torch.randn(batch, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (batch,), generator=g)
+
+    def step(bf16: bool) -> float:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=BF16, enabled=bf16):
+            logits = model(x)
+        F.cross_entropy(logits.float(), labels).backward()
+        model.zero_grad(set_to_none=True)
+        return (time.perf_counter() - start) * 1000
+
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for round_ in range(4):
+        for bf16 in (False, True):
+            elapsed = step(bf16)
+            if round_:
+                times[bf16].append(elapsed)
+    fp32_ms, bf16_ms = min(times[False]), min(times[True])
+    return {"bfloat16": bf16_ms < fp32_ms, "float32_ms": round(fp32_ms, 3),
+            "bfloat16_ms": round(bf16_ms, 3)}  # fmt: skip
