@@ -72,7 +72,7 @@ def main() -> None:
     print(f"device: {device_name(torch.device('cpu'))}; torch {torch.__version__}; "
           f"fp32 matmul peak {peak:,.0f} GFLOP/s")  # fmt: skip
     base = parse_set(args.set)
-    variants = [("as set", base)]
+    variants = [(" ".join(args.set) or "its defaults", base)]
     if args.against:
         variants.append((" ".join(args.against), {**base, **parse_set(args.against)}))
     results = [measure(args, label, overrides, peak) for label, overrides in variants]
@@ -125,19 +125,42 @@ def measure(args, label: str, settings: dict, peak: float) -> float:
     print("\n| operator family | ms (self CPU, one step) | share |\n|---|---:|---:|")
     for name, ms in sorted(by_family.items(), key=lambda kv: -kv[1]):
         print(f"| {name} | {ms:,.0f} | {ms / total:.0%} |")
-    print("\nconvolution passes (and the matrix products of bf16_conv's filter gradients), "
-          "by input shapes:")
-    shaped = prof.key_averages(group_by_input_shape=True)
-    for event in sorted(shaped, key=lambda e: -e.self_cpu_time_total):
-        wanted = family(event.key) == "convolution" or event.key == "aten::mm"
-        if wanted and event.self_cpu_time_total >= 1000:  # at least 1 ms: the work, not calls
-            shapes = " ".join(str(s) for s in event.input_shapes[:3] if s)
-            print(f"  {event.self_cpu_time_total / 1e3:8.1f} ms  {event.count:3d}x  "
-                  f"{event.key}  {shapes}")
+    print_layers(prof, peak)
     print("\ntop operators:")
     for event in ops[:15]:
         print(f"  {event.self_cpu_time_total / 1e3:8.0f} ms  {event.count:4d}x  {event.key}")
     return step_s
+
+
+def print_layers(prof, peak: float) -> None:
+    """One line per convolution layer (its input and filter shapes): the direct-convolution
+    GFLOP of one pass, the forward's and the backward's (both gradients) milliseconds, the
+    equivalent GFLOP/s, and the filter gradient's route where bf16_conv chose one. The
+    fast network's padding: 1 for its 3x3 convolutions, none for the 2x2 whitening."""
+    from cifarlab.models import bf16_conv
+
+    layers: dict = defaultdict(lambda: {"forward": 0.0, "backward": 0.0})
+    for event in prof.key_averages(group_by_input_shape=True):
+        shapes = [tuple(s) for s in event.input_shapes if s]
+        if event.key == "aten::mkldnn_convolution" and len(shapes) >= 2:
+            layers[shapes[0], shapes[1]]["forward"] += event.self_cpu_time_total / 1e3
+        elif event.key == "aten::convolution_backward" and len(shapes) >= 3:
+            layers[shapes[1], shapes[2]]["backward"] += event.self_cpu_time_total / 1e3
+    print("\n| layer: input, filters | GFLOP a pass (direct) | forward ms | backward ms "
+          "| GFLOP/s (3 passes) | filter gradient |\n|---|---:|---:|---:|---:|---|")  # fmt: skip
+    for (x, w), ms in sorted(layers.items(), key=lambda kv: -sum(kv[1].values())):
+        n, c, h, wd = x
+        o, _, k, _ = w
+        pad = 1 if k == 3 else 0
+        gflop = 2 * n * (h + 2 * pad - k + 1) * (wd + 2 * pad - k + 1) * o * c * k * k / 1e9
+        passes = 3 if ms["backward"] else 1
+        rate = passes * gflop / ((ms["forward"] + ms["backward"]) / 1e3)
+        route = bf16_conv.routes_used().get((c, o, h, wd, k, pad), "oneDNN, same dtype")
+        print(f"| {list(x)}, {list(w)} | {gflop:.1f} | {ms['forward']:.0f} | "
+              f"{ms['backward']:.0f} | {rate:,.0f} ({rate / peak:.0%}) | {route} |")
+    products = [e for e in prof.key_averages() if e.key == "aten::mm"]
+    print(f"matrix products outside the convolutions (Muon, the head, bf16_conv's "
+          f"per-tap filter gradients): {sum(e.self_cpu_time_total for e in products) / 1e3:.0f} ms")
 
 
 if __name__ == "__main__":
