@@ -21,6 +21,7 @@ BF16 = torch.bfloat16
 def _own_timings(tmp_path, monkeypatch):
     """Each test times into its own cache, and forgets what earlier tests measured."""
     monkeypatch.setenv("CIFARLAB_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(bf16_conv, "_used", {})  # the routes this process already asked for
     timed_choice.forget()
     yield
     timed_choice.forget()

@@ -97,8 +97,12 @@ WEIGHT_GRAD_ROUTES = {
 
 def weight_grad_route(channels_in: int, channels_out: int, height: int, width: int,
                       kernel: int, padding: int) -> str:  # fmt: skip
-    """The fastest filter-gradient route for this shape on this machine (timed once, kept)."""
+    """The fastest filter-gradient route for this shape on this machine (timed once, kept).
+    Asked in every backward pass: after the first, the answer comes from `_used`, without
+    hashing the machine's description for the cache file again."""
     shape = [channels_in, channels_out, height, width, kernel, padding]
+    if tuple(shape) in _used:
+        return _used[tuple(shape)]
     verdict = timed_choice.remembered(
         "bf16-conv-weight-grad",
         {"shape": shape, "batch": TIMING_BATCH, "routes": sorted(WEIGHT_GRAD_ROUTES)},
