@@ -332,7 +332,7 @@ def test_a_budget_counts_each_kind_of_step_at_its_own_cost(monkeypatch):
     steps = budget.steps_for_budget(config, minutes, 400, 100, log=lines.append)
     assert steps == 16 and timed == ["one_step", "one_step", "evaluate"]
     assert (
-        f"{m:.2f}, {0.5 * m:.2f} s a step" in lines[0] and "16 steps (2.7 epochs) fit" in lines[0]
+        f"{m:.2f}, {0.5 * m:.2f} s a step" in lines[-1] and "16 steps (2.7 epochs) fit" in lines[-1]
     )
 
 

@@ -155,11 +155,12 @@ def resolve_train_config(args: argparse.Namespace):
 
 
 def fit_budget(config, asked: dict, minutes: float):
-    """--budget: the steps that fit, measured here; saved as max_steps."""
+    """--budget: the steps (and, where the recipe has a measured frontier, the width) that
+    fit, measured here; saved in config.json like any other field."""
     from .config import build_config
     from .data.datasets import split_sizes
     from .run.device import pick_device
-    from .train.budget import steps_for_budget
+    from .train.budget import fit_budget_fields
 
     if "max_steps" in asked:
         raise CifarlabError("--budget and --max-steps both set the run's length: give one")
@@ -167,9 +168,8 @@ def fit_budget(config, asked: dict, minutes: float):
         print(f"{config.run_dir} holds a run: --budget is ignored, its saved length is kept")
         return config
     examples = split_sizes(config.run)
-    asked["max_steps"] = steps_for_budget(
-        config, minutes, *examples, pick_device(config.run.device)
-    )
+    device = pick_device(config.run.device)
+    asked.update(fit_budget_fields(config, asked, minutes, *examples, device))
     return build_config(config.recipe_spec, asked)
 
 

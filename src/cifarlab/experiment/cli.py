@@ -80,8 +80,10 @@ def _resolve(args: argparse.Namespace, for_plan: bool):
         if "max_steps" in asked:
             raise ConfigError("--budget and --max-steps both set the run's length: give one")
         if saved is not None:  # timed once, when the experiment began: every seed runs as long
-            asked["max_steps"] = saved.fields.get("max_steps")
-            config = build_config(recipe, {**first, "max_steps": asked["max_steps"]})
+            from ..train.budget import chosen_fields
+
+            asked.update({name: saved.fields.get(name) for name in chosen_fields(config, asked)})
+            config = build_config(recipe, {**first, **asked})
         else:
             config = fit_budget(config, asked, args.budget)
     train_args = ["--recipe", config.recipe_spec]

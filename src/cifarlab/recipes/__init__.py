@@ -24,7 +24,9 @@ default, unit, why) and a `Recipe` subclass registered by name. It provides:
                                              layer's activation}, for TensorBoard
 
 and data: `run_defaults` (run fields this recipe wants by default, such as its batch size),
-`run_length_resumable` (may a continued run change max_steps?), `final_eval_tta`.
+`run_length_resumable` (may a continued run change max_steps?), `final_eval_tta`,
+`budget_frontier` (its measured accuracy at several sizes and lengths, from which --budget
+picks the size too; cifarlab/frontier.py), or None.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.loader import HardExamples
+from ..frontier import Frontier
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class Recipe:
     run_defaults: ClassVar[dict[str, Any]] = {}
     run_length_resumable: ClassVar[bool] = True  # False when schedules span the whole run
     final_eval_tta: ClassVar[bool] = False  # the end-of-run evaluation uses tta_logits
+    budget_frontier: ClassVar[Frontier | None] = None  # None: --budget picks the steps only
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()
