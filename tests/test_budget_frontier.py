@@ -118,3 +118,24 @@ def test_an_experiment_times_once_and_every_seed_keeps_the_chosen_width(
     assert json.loads((exp / "seed-1" / "config.json").read_text())["params"]["width"] == 16
     # the same flags with an explicit length are another experiment
     assert main([*args, "--seeds", "2"]) == 1
+
+
+def test_the_fast_recipes_frontier_is_what_its_saved_experiments_show():
+    """Every point of `fast`'s frontier is the mean of a saved experiment of the recipe at
+    that width and length (`experiment show` of a folder in benchmarks/results/experiments):
+    the figures in the code have one source."""
+    from pathlib import Path
+
+    from cifarlab.experiment.results import show
+
+    frontier = load_recipe("fast")[0].budget_frontier
+    saved = Path(__file__).parents[1] / frontier.source
+    assert len(frontier.points) >= 12 and len(frontier.values()) >= 4
+    for point in frontier.points:
+        exp = saved / point.experiment
+        fields = json.loads((exp / "experiment.json").read_text())["fields"]
+        steps = fields["max_steps"]
+        assert (fields["recipe"], fields["width"]) == ("fast", point.value), exp
+        assert point.epochs == steps * fields["batch_size"] / 50_000, exp
+        shown = show(exp)
+        assert (shown["n"], round(100 * shown["mean"], 2)) == (point.seeds, point.accuracy), exp

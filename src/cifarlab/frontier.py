@@ -21,13 +21,14 @@ class Measured:
     epochs: float  # the run's length in passes over the training set
     accuracy: float  # mean final test accuracy over the seeds, percent
     seeds: int
+    experiment: str = ""  # the saved experiment it comes from, within the frontier's source
 
 
 @dataclass(frozen=True)
 class Frontier:
     setting: str  # the Params field --budget chooses, e.g. "width"
     points: tuple[Measured, ...]
-    source: str  # where the measurements are kept, for the reader
+    source: str  # the folder of the saved experiments the points come from
 
     def values(self) -> list[int]:
         return sorted({p.value for p in self.points})

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..averaging import copy_saved_tensors
 from ..data.loader import HardExamples
+from ..frontier import Frontier, Measured
 from ..models import bf16_conv
 from ..models.fast import FastNet
 from ..muon import Muon
@@ -442,6 +443,33 @@ CheapestParams = with_defaults(MuonParams, "CheapestParams", width=192, hard_kee
                                muon_momentum=0.7)  # fmt: skip
 
 
+# `fast` at other widths and lengths (batch 2,000: 25 steps an epoch), means from
+# `cifarlab experiment show` of the experiments saved in benchmarks/results/experiments;
+# --budget reads it to choose the width (train/budget.py, docs/fast.md "A time budget").
+FAST_FRONTIER = Frontier(
+    "width",
+    (
+        Measured(64, 4, 85.21, 1, "frontier/w64-s100"),
+        Measured(64, 8, 88.89, 1, "frontier/w64-s200"),
+        Measured(64, 16, 90.35, 1, "frontier/w64-s400"),
+        Measured(96, 3, 86.34, 1, "frontier/w96-s75"),
+        Measured(96, 6, 90.06, 1, "frontier/w96-s150"),
+        Measured(96, 12, 91.89, 1, "frontier/w96-s300"),
+        Measured(128, 2, 83.57, 1, "frontier/w128-s50"),
+        Measured(128, 4, 90.03, 1, "frontier/w128-s100"),
+        Measured(128, 8, 92.38, 1, "frontier/w128-s200"),
+        Measured(192, 1, 72.41, 1, "frontier/w192-s25"),
+        Measured(192, 2, 85.96, 1, "frontier/w192-s50"),
+        Measured(192, 4, 90.94, 1, "frontier/w192-s100"),
+        Measured(192, 12.16, 94.01, 10, "fast"),
+        Measured(256, 1, 73.13, 1, "frontier/w256-s25"),
+        Measured(256, 2, 86.51, 1, "frontier/w256-s50"),
+        Measured(256, 4, 91.96, 1, "frontier/w256-s100"),
+    ),
+    source="benchmarks/results/experiments",
+)
+
+
 @register
 class Fast(FastMuon):
     """`--recipe fast`: the cheapest configuration measured to reach 94%."""
@@ -449,3 +477,4 @@ class Fast(FastMuon):
     name = "fast"
     Params = CheapestParams
     run_defaults = {**FastMuon.run_defaults, "max_steps": 304}
+    budget_frontier = FAST_FRONTIER
