@@ -376,7 +376,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    help=f"optimizer steps ({recipe_defaults('max_steps')})")  # fmt: skip
     p.add_argument("--budget", type=_budget_minutes, metavar="MINUTES",
                    help="instead of --max-steps: the steps that fit this many minutes here, "
-                        "measured by a short timing run and saved in the run's configuration")  # fmt: skip
+                        "measured by a short timing run and saved in the run's configuration; "
+                        "with --recipe fast, the width too, from its measured frontier")  # fmt: skip
     p.add_argument("--batch-size", type=at_least(1),
                    help=f"images per step per process ({recipe_defaults('batch_size')})")  # fmt: skip
     p.add_argument("--global-batch-size", type=at_least(1),
