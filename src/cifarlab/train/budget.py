@@ -168,7 +168,7 @@ def fit_budget_fields(config: TrainConfig, asked: dict, minutes: float,
     device = device or torch.device("cpu")
     frontier = config.recipe.budget_frontier
     fields: dict = {}
-    if frontier is not None and frontier.setting not in asked:
+    if frontier is not None and frontier.setting in chosen_fields(config, asked):
         value = choose_size(config, asked, frontier, minutes, train_examples, test_examples,
                             device, log)  # fmt: skip
         fields[frontier.setting] = value
@@ -197,7 +197,7 @@ def choose_size(config: TrainConfig, asked: dict, frontier: Frontier, minutes: f
         timing = _TimingRun(candidate, device, small, train_examples)
         costs[value] = (timing.step_seconds(0) * batch / small, timing.eval_seconds(test_examples))
     left = minutes * 60 - STARTUP_SECONDS - (_clock() - begun)
-    steps_per_epoch = train_examples // batch
+    steps_per_epoch = timing.plan.steps_per_epoch  # the run's plan, at its own batch
     epochs = {v: max(0.0, left - evaluate - FULL_TIMING_STEPS * step) / (step * steps_per_epoch)
               for v, (step, evaluate) in costs.items()}  # fmt: skip
     ranked = frontier.ranked(epochs)
