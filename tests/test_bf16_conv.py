@@ -72,6 +72,25 @@ def test_every_filter_gradient_route_is_the_filter_gradient(route, c_in, c_out, 
 
 
 @pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_the_unfolded_route_sums_its_chunks_to_the_whole_batchs_gradient(layout, monkeypatch):
+    """Chunks of 2 images over a batch of 7 (the last chunk short): the same gradient as one
+    chunk of all 7, within float32's rounding of the sum."""
+    x, w, grad_y = _bf16_inputs(7, 6, 10, 5, 5, layout)
+    whole = bf16_conv._unfolded_weight_grad(grad_y, x, w, 1)
+    image_bytes = 5 * 5 * 9 * 6 * x.element_size()  # one image's unfolded rows
+    monkeypatch.setattr(bf16_conv, "UNFOLDED_CHUNK_BYTES", 2 * image_bytes)
+    chunked = bf16_conv._unfolded_weight_grad(grad_y, x, w, 1)
+    want = torch.ops.aten.convolution_backward(
+        grad_y.double(), x.double(), w.double(), None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+        [False, True, False],
+    )[1]  # fmt: skip
+    for got in (whole, chunked):
+        assert ((got.double() - want).norm() / want.norm()) < 4e-3
+    # rounded to bfloat16 per chunk, so not bit for bit: within two bfloat16 roundings
+    assert ((chunked - whole).norm() / whole.norm()) < 8e-3
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
 def test_the_layer_under_autocast_matches_plain_autocast_and_is_untouched_outside(layout):
     torch.manual_seed(0)
     conv = bf16_conv.Conv2d(16, 32, 3, padding=1, bias=False)
