@@ -65,29 +65,31 @@ def _onednn_fp32(grad_y, x, weight_bf16, padding: int) -> torch.Tensor:
 def _unfolded_weight_grad(grad_y, x, weight_bf16, padding: int) -> torch.Tensor:
     """dW = sum over images and output positions of grad_y[position] times the k x k window
     of x under it, as bfloat16 matrix products over the unfolded input, a few images at a
-    time: each chunk's zero-padded images (channels-last) are unfolded into [positions,
-    k * k * C] rows (the windows, tap-major), multiplied by the chunk's [positions, O]
-    output gradient, and the chunks' products summed in float32. A chunk's rows take about
-    UNFOLDED_CHUNK_BYTES, so they are read back from cache rather than memory: at batch
-    2,000 on Xeon AMX, 4 MB chunks took 117 ms at 192 -> 192 and 7x7 against 210 ms for the
-    whole batch unfolded at once (1-8 MB measured; 1 MB was slower again, 199 ms)."""
+    time: x is zero-padded once, channels-last; each chunk's windows are unfolded into
+    [positions, k * k * C] rows (tap-major), multiplied by the chunk's output gradient laid
+    out [O, positions], and the chunks' products summed in float32. A chunk's rows take
+    about UNFOLDED_CHUNK_BYTES, so the product reads them back from cache rather than
+    memory: at batch 2,000 on Xeon AMX, 4 MB chunks took 117 ms at 192 -> 192 and 7x7
+    against 210 ms for the whole batch unfolded at once (1-8 MB measured; 1 MB was slower
+    again, 199 ms)."""
     n, c, h, w = x.shape
     o, _, k, _ = weight_bf16.shape
     hp, wp = h + 2 * padding, w + 2 * padding
     out_h, out_w = grad_y.shape[-2:]
     row = k * k * c  # one output position's window, unfolded
     images = max(1, UNFOLDED_CHUNK_BYTES // (out_h * out_w * row * x.element_size()))
-    x_rows, grad_rows = x.permute(0, 2, 3, 1), grad_y.permute(0, 2, 3, 1)  # channels last
+    sides = (0, 0, padding, padding, padding, padding)
+    padded = F.pad(x.permute(0, 2, 3, 1), sides).contiguous()  # [N, hp, wp, C]
+    grad_rows = grad_y.permute(0, 2, 3, 1)  # [N, out_h, out_w, O]
     total = torch.zeros(o, row)
     for first in range(0, n, images):
         m = min(images, n - first)
-        padded = x.new_zeros(m, hp, wp, c)
-        padded[:, padding : padding + h, padding : padding + w] = x_rows[first : first + m]
-        windows = padded.as_strided((m, out_h, out_w, k, k, c),
-                                    (hp * wp * c, wp * c, c, wp * c, c, 1))  # fmt: skip
+        windows = padded[first : first + m].as_strided(
+            (m, out_h, out_w, k, k, c), (hp * wp * c, wp * c, c, wp * c, c, 1)
+        )  # the slice's own storage offset: its first image
         unfolded = windows.reshape(m * out_h * out_w, row)  # the copy: [positions, k*k*C]
-        grad = grad_rows[first : first + m].reshape(m * out_h * out_w, o)
-        total += grad.t() @ unfolded
+        grad = grad_rows[first : first + m].reshape(m * out_h * out_w, o).t().contiguous()
+        total += grad @ unfolded
     return total.view(o, k, k, c).permute(0, 3, 1, 2)
 
 
