@@ -88,6 +88,50 @@ def test_a_budget_picks_the_width_the_frontier_expects_to_end_best(tmp_path, mon
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("width_32_at_full_batch, chosen", [(1.0, 32), (3.0, 16)])
+def test_the_contenders_are_timed_again_at_the_runs_own_batch(
+    tmp_path, monkeypatch, capsys, width_32_at_full_batch, chosen
+):
+    """Sizes compared on a batch of 16, scaled to the run's 64: both widths then cost the
+    same, 2.06 s a step, and evaluating (timed on 32 images) 6.25 s, so 1.2 min buys
+    (72 - 15 - 6.25 - 8 x 2.06) / (2.06 x 6) = 2.77 epochs: width 32 is expected at 58.5%,
+    width 16 at 57.4%, within CONTENDER_POINTS, so each is timed again at batch 64 (timing
+    them is 3 steps each, 17% of the budget: the share allowed is raised to 20% for the
+    test). Where width 32's full step costs what the small batch promised, it stays the
+    choice; where it costs 3x, it affords no run as short as was ever measured of it, and
+    width 16 is chosen."""
+    from cifarlab.train import budget
+
+    monkeypatch.setattr(budget, "SIZE_TIMING_BATCH", 16)
+    monkeypatch.setattr(budget, "CONTENDER_SHARE", 0.2)
+    timed_batches = []
+    step_seconds = budget._TimingRun.step_seconds
+
+    def priced(self, at_step, repeats=3):
+        seconds = step_seconds(self, at_step, repeats)  # real steps, the test's clock
+        timed_batches.append((self.recipe.params.width, self.batch))
+        if self.batch == 16:
+            return seconds / 4  # x 64 / 16 when scaled: 2.06 s, as the test above
+        return seconds * (width_32_at_full_batch if self.recipe.params.width == 32 else 1.0)
+
+    monkeypatch.setattr(budget._TimingRun, "step_seconds", priced)
+    code, run = _train_with_budget(tmp_path, monkeypatch, "1.2")
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "timing width 16 at batch 16" in out and "timing width 32 at batch 16" in out
+    assert "budget 1.2 min: timing width 32, 16 at batch 64, the run's own" in out
+    assert (32, 64) in timed_batches and (16, 64) in timed_batches
+    expected = {32: "58.5%", 16: "57.4%"}[chosen]
+    assert (
+        f"width {chosen}, about 2.8 epochs here, which the measured frontier puts at {expected}"
+        in out
+    )
+    saved = json.loads((run / "config.json").read_text())
+    # then the chosen width's steps timed in full at 2.06 s: (72 - 15 - 1.5625) / 2.06 = 26
+    assert saved["params"]["width"] == chosen and saved["run"]["max_steps"] == 26
+
+
+@pytest.mark.slow
 def test_a_width_the_user_set_is_kept_and_only_the_steps_are_chosen(tmp_path, monkeypatch, capsys):
     code, run = _train_with_budget(tmp_path, monkeypatch, "1", "--set", "width=16")
     assert code == 0

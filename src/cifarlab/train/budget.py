@@ -37,6 +37,14 @@ SIZE_TIMING_BATCH = 250
 # What timing the chosen size in full costs afterwards, in its steps: a warm-up and three
 # timed steps of each of the (at most two) kinds of step.
 FULL_TIMING_STEPS = 8
+# A small batch's timing, scaled, was off by up to 40% against a full step
+# (benchmarks/budget_size_timing.py), which moves a size's expected accuracy by up to about
+# 2 points on the frontier. So the sizes expected within CONTENDER_POINTS of the best (at
+# most MAX_CONTENDERS) are timed again at the run's own batch, one step each after a
+# warm-up, where that costs at most CONTENDER_SHARE of the budget.
+CONTENDER_POINTS = 2.0
+MAX_CONTENDERS = 3
+CONTENDER_SHARE = 0.1
 
 
 def _clock() -> float:
@@ -84,9 +92,10 @@ class _TimingRun:
         self.seconds_by_kind: dict = {}
         self.device, self.eval_batch = device, config.run.eval_batch_size
 
-    def step_seconds(self, at_step: int) -> float:
+    def step_seconds(self, at_step: int, repeats: int = 3) -> float:
         """Each kind of step the recipe names (prepare_step: e.g. the fast recipes' whitening
-        bias trained, then frozen) is timed once, with the model switched as the run will."""
+        bias trained, then frozen) is timed once (a warm-up, then `repeats` steps), with the
+        model switched as the run will."""
         from .loop import apply_step, forward_step
 
         kind = self.recipe.prepare_step(self.state.model, at_step, self.plan)
@@ -96,7 +105,7 @@ class _TimingRun:
                 self.state.step = at_step
                 apply_step(self.state, forward_step(self.state, self.recipe, self.plan))
 
-            self.seconds_by_kind[kind] = _timed(one_step, 3) * STEP_MARGIN
+            self.seconds_by_kind[kind] = _timed(one_step, repeats) * STEP_MARGIN
         return self.seconds_by_kind[kind]
 
     def eval_seconds(self, test_examples: int) -> float:
@@ -185,7 +194,8 @@ def choose_size(config: TrainConfig, asked: dict, frontier: Frontier, minutes: f
     """The frontier value (width) expected to end most accurate in `minutes` here: each
     value's step timed on a small batch and scaled to the run's, what would be left after
     start-up, evaluation and the full timing priced in its steps, and the frontier read at
-    the epochs that buys."""
+    the epochs that buys; then the values expected near the best timed at the run's own
+    batch (contenders), and the frontier read again."""
     begun = _clock()
     batch = config.global_batch_size()
     small = min(SIZE_TIMING_BATCH, batch)
@@ -193,21 +203,38 @@ def choose_size(config: TrainConfig, asked: dict, frontier: Frontier, minutes: f
     costs = {}  # value -> (seconds a step at the run's batch, seconds to evaluate)
     for value in frontier.values():
         log(f"budget {minutes:g} min: timing {name} {value} at batch {small}")
-        candidate = build_config(config.recipe_spec, {**asked, name: value})
-        timing = _TimingRun(candidate, device, small, train_examples)
+        timing = _TimingRun(_sized(config, asked, name, value), device, small, train_examples)
         costs[value] = (timing.step_seconds(0) * batch / small, timing.eval_seconds(test_examples))
-    left = minutes * 60 - STARTUP_SECONDS - (_clock() - begun)
     steps_per_epoch = timing.plan.steps_per_epoch  # the run's plan, at its own batch
-    epochs = {v: max(0.0, left - evaluate - FULL_TIMING_STEPS * step) / (step * steps_per_epoch)
-              for v, (step, evaluate) in costs.items()}  # fmt: skip
-    ranked = frontier.ranked(epochs)
+
+    def options() -> list[tuple[float, int, float]]:
+        left = minutes * 60 - STARTUP_SECONDS - (_clock() - begun)
+        epochs = {v: max(0.0, left - evaluate - FULL_TIMING_STEPS * step) / (step * steps_per_epoch)
+                  for v, (step, evaluate) in costs.items()}  # fmt: skip
+        return frontier.ranked(epochs)
+
+    ranked = options()
+    contenders = [v for a, v, _ in ranked if a >= ranked[0][0] - CONTENDER_POINTS][:MAX_CONTENDERS]
+    # A contender's timing: building its state, a warm-up and one step, about three steps.
+    retiming = sum(3 * costs[v][0] for v in contenders)
+    if small < batch and len(contenders) > 1 and retiming <= CONTENDER_SHARE * minutes * 60:
+        log(f"budget {minutes:g} min: timing {name} " + ", ".join(map(str, contenders))
+            + f" at batch {batch}, the run's own")  # fmt: skip
+        for value in contenders:
+            timing = _TimingRun(_sized(config, asked, name, value), device, batch, train_examples)
+            costs[value] = (timing.step_seconds(0, repeats=1), costs[value][1])
+        ranked = options()
     if not ranked:
         value = frontier.values()[0]
         log(f"budget {minutes:g} min: no {name} was measured as short a run as fits here; "
             f"the smallest, {value}, is used")  # fmt: skip
         return value
-    accuracy, value, _ = ranked[0]
+    accuracy, value, epochs = ranked[0]
     others = "; ".join(f"{name} {v}: {e:.1f} epochs, {a:.1f}%" for a, v, e in ranked[1:])
-    log(f"budget {minutes:g} min: {name} {value}, about {epochs[value]:.1f} epochs here, which "
+    log(f"budget {minutes:g} min: {name} {value}, about {epochs:.1f} epochs here, which "
         f"the measured frontier puts at {accuracy:.1f}%" + (f" (against {others})" if others else ""))  # fmt: skip
     return value
+
+
+def _sized(config: TrainConfig, asked: dict, name: str, value: int) -> TrainConfig:
+    return build_config(config.recipe_spec, {**asked, name: value})
