@@ -4,9 +4,11 @@ alternating round by round, beside the route this machine's timed choice (made o
 bf16_conv.TIMING_BATCH images) gives that shape.
 
     python benchmarks/bf16_weight_grad_routes.py [--recipe fast] [--batch-size 2000] [--rounds 5]
-                                                 [--set KEY=VALUE ...]
+                                                 [--set KEY=VALUE ...] [--chunks-mb 1 2 4 8]
 
-Prints one row a shape: the fastest and the median of the rounds for each route, in ms.
+Prints one row a shape: the fastest and the median of the rounds for each route, in ms;
+with --chunks-mb, also the unfolded route with each of those chunk sizes
+(bf16_conv.UNFOLDED_CHUNK_BYTES), to choose it.
 The fastest of several rounds is the figure to compare: on a shared machine a round can
 take twice as long for reasons of its own. Run it on a quiet machine.
 """
@@ -51,17 +53,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a recipe parameter (repeatable), e.g. width=128")  # fmt: skip
+    parser.add_argument("--chunks-mb", type=float, nargs="*", default=[],
+                        help="also time the unfolded route with these chunk sizes")  # fmt: skip
     args = parser.parse_args()
     if args.rounds < 1 or args.batch_size < 1:
         parser.error("--rounds and --batch-size must be positive")
     config = build_config(args.recipe, dict(item.split("=", 1) for item in args.set))
     model = config.recipe.build_model(10, None)
     routes = sorted(bf16_conv.WEIGHT_GRAD_ROUTES)
+    default_chunk = bf16_conv.UNFOLDED_CHUNK_BYTES
+    variants = {r: (bf16_conv.WEIGHT_GRAD_ROUTES[r], default_chunk) for r in routes}
+    for mb in args.chunks_mb:
+        variants[f"unfolded at {mb:g} MB"] = (bf16_conv._unfolded_weight_grad, int(mb * 2**20))
     print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"{args.recipe} {' '.join(args.set)}, batch {args.batch_size}, {args.rounds} rounds")  # fmt: skip
-    print("| input, filters | " + " | ".join(f"{r}, ms (fastest / median)" for r in routes)
-          + " | fastest here | the timed choice |")  # fmt: skip
-    print("|---|" + "---:|" * len(routes) + "---|---|")
+    print("| input, filters | " + " | ".join(f"{v}, ms (fastest / median)" for v in variants)
+          + " | fastest route here | the timed choice |")  # fmt: skip
+    print("|---|" + "---:|" * len(variants) + "---|---|")
     g = torch.Generator().manual_seed(0)
     layout = torch.channels_last
     for c_in, c_out, h, w in conv_shapes(model):
@@ -70,17 +78,19 @@ def main() -> None:
         weight = (torch.randn(c_out, c_in, 3, 3, generator=g) * 0.05).to(torch.bfloat16)
         grad_y = torch.randn(args.batch_size, c_out, h, w, generator=g).to(torch.bfloat16)
         grad_y = grad_y.contiguous(memory_format=layout)
-        times: dict[str, list[float]] = {r: [] for r in routes}
+        times: dict[str, list[float]] = {v: [] for v in variants}
         for round_ in range(args.rounds + 1):  # the first round warms up, untimed
-            for route in routes:
+            for variant, (route, chunk) in variants.items():
+                bf16_conv.UNFOLDED_CHUNK_BYTES = chunk
                 start = time.perf_counter()
-                bf16_conv.WEIGHT_GRAD_ROUTES[route](grad_y, x, weight, 1)
+                route(grad_y, x, weight, 1)
                 if round_:
-                    times[route].append((time.perf_counter() - start) * 1000)
+                    times[variant].append((time.perf_counter() - start) * 1000)
+        bf16_conv.UNFOLDED_CHUNK_BYTES = default_chunk
         fastest = min(routes, key=lambda r: min(times[r]))
         chosen = bf16_conv.weight_grad_route(c_in, c_out, h, w, 3, 1)
-        cells = " | ".join(f"{min(times[r]):.1f} / {statistics.median(times[r]):.1f}"
-                           for r in routes)  # fmt: skip
+        cells = " | ".join(f"{min(times[v]):.1f} / {statistics.median(times[v]):.1f}"
+                           for v in variants)  # fmt: skip
         print(f"| [{args.batch_size}, {c_in}, {h}, {w}], [{c_out}, {c_in}, 3, 3] | {cells} | "
               f"{fastest} | {chosen} |", flush=True)  # fmt: skip
 

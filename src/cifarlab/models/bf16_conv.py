@@ -4,15 +4,16 @@ On CPUs that multiply bfloat16 natively (Intel's AMX), oneDNN's bfloat16 convolu
 forward pass and the input gradient 3-7x faster than float32 at the fast network's shapes,
 and a bfloat16 matrix product reaches 3-5x float32's rate. oneDNN's bfloat16 *filter
 gradient* is another matter: with as many input channels as output channels or more
-(192 -> 192 at 7x7 and 3x3), it was no faster than float32 (at batch 2,000: 263 against
-365 ms at 7x7, 86 against 58 ms at 3x3), and at some shapes far slower. So the filter
-gradient of each shape goes whichever of three ways was timed fastest on this machine
+(192 -> 192 at 7x7 and 3x3), it was little faster than float32 or slower (at batch 2,000
+on Xeon AMX: 265 against 340 ms at 7x7, 139 against 70 ms at 3x3; BENCHMARKS.md,
+"bfloat16 on the CPU", from benchmarks/bf16_weight_grad_routes.py). So the filter gradient
+of each shape goes whichever of three ways was timed fastest on this machine
 (cifarlab/timed_choice.py):
 
   onednn-float32     oneDNN's float32 filter gradient of the bfloat16 inputs cast up;
   onednn-bfloat16    oneDNN's bfloat16 filter gradient;
   unfolded-bfloat16  bfloat16 matrix products over the unfolded input, a few images at a
-                     time (`_unfolded_weight_grad`): 117 ms at 7x7 and 21 ms at 3x3 above.
+                     time (`_unfolded_weight_grad`): 187 and 32 ms at those two shapes.
 
 Every route computes the gradient autocast would (the bfloat16 inputs, a float32 sum); they
 differ in rounding only. `Conv2d` is nn.Conv2d (same parameters, same state dict) whose
@@ -35,7 +36,7 @@ from .. import timed_choice
 
 BF16 = torch.bfloat16
 TIMING_BATCH = 128  # images a filter-gradient timing runs on: near a real batch's regime
-UNFOLDED_CHUNK_BYTES = 4 << 20  # the unfolded route's rows a chunk (_unfolded_weight_grad)
+UNFOLDED_CHUNK_BYTES = 8 << 20  # the unfolded route's rows a chunk (sizes compared: BENCHMARKS.md)
 _said: set[str] = set()
 _used: dict[tuple, str] = {}  # filter-gradient route by shape, in this process
 
@@ -69,9 +70,7 @@ def _unfolded_weight_grad(grad_y, x, weight_bf16, padding: int) -> torch.Tensor:
     [positions, k * k * C] rows (tap-major), multiplied by the chunk's output gradient laid
     out [O, positions], and the chunks' products summed in float32. A chunk's rows take
     about UNFOLDED_CHUNK_BYTES, so the product reads them back from cache rather than
-    memory: at batch 2,000 on Xeon AMX, 4 MB chunks took 117 ms at 192 -> 192 and 7x7
-    against 210 ms for the whole batch unfolded at once (1-8 MB measured; 1 MB was slower
-    again, 199 ms)."""
+    memory (`benchmarks/bf16_weight_grad_routes.py --chunks-mb` times other sizes)."""
     n, c, h, w = x.shape
     o, _, k, _ = weight_bf16.shape
     hp, wp = h + 2 * padding, w + 2 * padding
