@@ -162,7 +162,7 @@ def print_layers(prof, peak: float) -> None:
               f"{ms['backward']:.0f} | {rate:,.0f} ({rate / peak:.0%}) | {route} |")
     products = [e for e in prof.key_averages() if e.key == "aten::mm"]
     print(f"matrix products outside the convolutions (Muon, the head, bf16_conv's "
-          f"per-tap filter gradients): {sum(e.self_cpu_time_total for e in products) / 1e3:.0f} ms")
+          f"unfolded filter gradients): {sum(e.self_cpu_time_total for e in products) / 1e3:.0f} ms")
 
 
 if __name__ == "__main__":
