@@ -22,6 +22,8 @@ Run it on a quiet machine: anything else running halves the figures.
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import resource
 import statistics
 import time
@@ -31,6 +33,7 @@ import torch
 
 from cifarlab.flops import step_flops
 from cifarlab.machine import device_name, matmul_peak_gflops
+from cifarlab.models import bf16_conv
 from cifarlab.recipes import TrainingPlan
 
 FAMILIES = [  # (family, substrings of profiler op names), first match wins
@@ -117,35 +120,54 @@ def measure(args, label: str, settings: dict, peak: float) -> float:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                 record_shapes=True) as prof:  # fmt: skip
         steps(1)
+    outside, filter_gradients = split_filter_gradients(prof)
     by_family: dict[str, float] = defaultdict(float)
+    for event in outside:
+        by_family[family(event.name)] += event.self_cpu_time_total / 1e3
+    for event in filter_gradients:  # whatever operators a route ran: convolution work
+        by_family["convolution"] += event.cpu_time_total / 1e3
     ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
-    for event in ops:
-        by_family[family(event.key)] += event.self_cpu_time_total / 1e3
     total = sum(by_family.values())
     print("\n| operator family | ms (self CPU, one step) | share |\n|---|---:|---:|")
     for name, ms in sorted(by_family.items(), key=lambda kv: -kv[1]):
         print(f"| {name} | {ms:,.0f} | {ms / total:.0%} |")
-    print_layers(prof, peak)
+    print_layers(outside, filter_gradients, peak)
     print("\ntop operators:")
     for event in ops[:15]:
         print(f"  {event.self_cpu_time_total / 1e3:8.0f} ms  {event.count:4d}x  {event.key}")
     return step_s
 
 
-def print_layers(prof, peak: float) -> None:
+def split_filter_gradients(prof) -> tuple[list, list]:
+    """(every profiled operator outside bf16_conv's filter-gradient regions, the regions):
+    a region's time, whatever it ran (matrix products, copies, oneDNN), is its layer's."""
+    events = prof.events()
+    regions = [e for e in events if e.name.startswith(bf16_conv.FILTER_GRADIENT_LABEL)]
+    inside: set[int] = set()
+    stack = [child for region in regions for child in region.cpu_children]
+    while stack:
+        event = stack.pop()
+        inside.add(id(event))
+        stack.extend(event.cpu_children)
+    outside = [e for e in events if id(e) not in inside and e not in regions]
+    return outside, regions
+
+
+def print_layers(outside: list, filter_gradients: list, peak: float) -> None:
     """One line per convolution layer (its input and filter shapes): the direct-convolution
     GFLOP of one pass, the forward's and the backward's (both gradients) milliseconds, the
     equivalent GFLOP/s, and the filter gradient's route where bf16_conv chose one. The
     fast network's padding: 1 for its 3x3 convolutions, none for the 2x2 whitening."""
-    from cifarlab.models import bf16_conv
-
     layers: dict = defaultdict(lambda: {"forward": 0.0, "backward": 0.0})
-    for event in prof.key_averages(group_by_input_shape=True):
+    for event in outside:
         shapes = [tuple(s) for s in event.input_shapes if s]
-        if event.key == "aten::mkldnn_convolution" and len(shapes) >= 2:
+        if event.name == "aten::mkldnn_convolution" and len(shapes) >= 2:
             layers[shapes[0], shapes[1]]["forward"] += event.self_cpu_time_total / 1e3
-        elif event.key == "aten::convolution_backward" and len(shapes) >= 3:
+        elif event.name == "aten::convolution_backward" and len(shapes) >= 3:
             layers[shapes[1], shapes[2]]["backward"] += event.self_cpu_time_total / 1e3
+    for event in filter_gradients:  # "<label> <route> [n, c, h, w] [o, c, k, k]"
+        x_shape, w_shape = (tuple(json.loads(s)) for s in re.findall(r"\[[^]]*\]", event.name))
+        layers[x_shape, w_shape]["backward"] += event.cpu_time_total / 1e3
     print("\n| layer: input, filters | GFLOP a pass (direct) | forward ms | backward ms "
           "| GFLOP/s (passes run) | filter gradient |\n|---|---:|---:|---:|---:|---|")  # fmt: skip
     for (x, w), ms in sorted(layers.items(), key=lambda kv: -sum(kv[1].values())):
@@ -160,9 +182,9 @@ def print_layers(prof, peak: float) -> None:
         route = bf16_conv.routes_used().get((c, o, h, wd, k, pad), "oneDNN, same dtype")
         print(f"| {list(x)}, {list(w)} | {gflop:.1f} | {ms['forward']:.0f} | "
               f"{ms['backward']:.0f} | {rate:,.0f} ({rate / peak:.0%}) | {route} |")
-    products = [e for e in prof.key_averages() if e.key == "aten::mm"]
-    print(f"matrix products outside the convolutions (Muon, the head, bf16_conv's "
-          f"unfolded filter gradients): {sum(e.self_cpu_time_total for e in products) / 1e3:.0f} ms")
+    products = [e for e in outside if e.name == "aten::mm"]
+    print(f"matrix products outside the convolutions (Muon, the head): "
+          f"{sum(e.self_cpu_time_total for e in products) / 1e3:.0f} ms")
 
 
 if __name__ == "__main__":

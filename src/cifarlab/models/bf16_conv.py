@@ -36,6 +36,7 @@ from .. import timed_choice
 
 BF16 = torch.bfloat16
 TIMING_BATCH = 128  # images a filter-gradient timing runs on: near a real batch's regime
+FILTER_GRADIENT_LABEL = "bf16_conv.filter_gradient"  # then the route and both shapes
 UNFOLDED_CHUNK_BYTES = 8 << 20  # the unfolded route's rows a chunk (sizes compared: BENCHMARKS.md)
 _said: set[str] = set()
 _used: dict[tuple, str] = {}  # filter-gradient route by shape, in this process
@@ -166,7 +167,11 @@ class _Bf16Conv(torch.autograd.Function):
             _, c_in, h, w = x.shape
             route = weight_grad_route(c_in, weight_bf16.shape[0], h, w, weight_bf16.shape[-1],
                                       ctx.padding)  # fmt: skip
-            grad_w = WEIGHT_GRAD_ROUTES[route](grad_y, x, weight_bf16, ctx.padding)
+            # Named for profilers (benchmarks/fast_step_profile.py): a route's work is then
+            # its layer's, whatever operators it runs. Free when nothing profiles.
+            label = f"{FILTER_GRADIENT_LABEL} {route} {list(x.shape)} {list(weight_bf16.shape)}"
+            with torch.profiler.record_function(label):
+                grad_w = WEIGHT_GRAD_ROUTES[route](grad_y, x, weight_bf16, ctx.padding)
         return grad_x, grad_w, None
 
 
