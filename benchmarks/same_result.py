@@ -7,7 +7,9 @@ trees, every tensor of their final checkpoints compared for equality.
 The runs (seed 0, the synthetic set, so no download is needed): the tutorial for 200 steps
 at batch 128, on its CPU fast path with conv2 by Fourier transform (CIFARLAB_FFT_CONV=1, so
 both trees take the same route whatever a timing would choose) and again on the oneDNN
-route (=0); and `fast` for 4 steps at batch 256. Each run is a `python -m cifarlab train`
+route (=0); and `fast` for 4 steps at batch 256, in float32 and in bfloat16 (`--runs` picks
+some). Both trees share the kernel cache, so bfloat16's filter-gradient routes, chosen by a
+timing kept there, are the same for both (where the route names are). Each run is a `python -m cifarlab train`
 process with PYTHONPATH set to the tree. Exit status 0 when every tensor of the weights,
 the weight average and the optimizer state is equal to the bit.
 """
@@ -29,6 +31,8 @@ RUNS = {
     "tutorial-200-fourier": (["--max-steps", "200", "--batch-size", "128"], {"CIFARLAB_FFT_CONV": "1"}),
     "tutorial-200-onednn": (["--max-steps", "200", "--batch-size", "128"], {"CIFARLAB_FFT_CONV": "0"}),
     "fast-4": (["--recipe", "fast", "--max-steps", "4", "--batch-size", "256"], {}),
+    "fast-4-bfloat16": (["--recipe", "fast", "--max-steps", "4", "--batch-size", "256",
+                         "--set", "precision=bfloat16"], {}),
 }  # fmt: skip
 
 
@@ -51,10 +55,13 @@ def main() -> int:
     parser.add_argument("before", type=Path, help="the older tree's src folder")
     parser.add_argument("after", type=Path, nargs="?", default=Path("src"),
                         help="the newer tree's src folder (default: src)")  # fmt: skip
+    parser.add_argument("--runs", nargs="+", choices=sorted(RUNS), default=sorted(RUNS),
+                        help="which runs (default: all)")  # fmt: skip
     args = parser.parse_args()
     different = 0
     with tempfile.TemporaryDirectory() as scratch:
-        for name, (train_args, env) in RUNS.items():
+        for name in args.runs:
+            train_args, env = RUNS[name]
             a = tensors(
                 train(args.before.resolve(), Path(scratch) / f"{name}-before", train_args, env)
             )
