@@ -63,5 +63,6 @@ def test_the_filter_gradient_routes_are_timed_at_every_shape_of_the_network():
         cells = [c.strip() for c in row.strip("| \n").split(" | ")]
         timed = dict(zip(columns, cells[1:-2], strict=True))
         fastest = {r: float(timed[r].split(" / ")[0]) for r in routes}
-        assert cells[-2] == min(fastest, key=fastest.get)
+        # printed to 0.1 ms, so two routes may tie on paper: the named one is among the fastest
+        assert fastest[cells[-2]] == min(fastest.values())
         assert cells[-1] in routes
