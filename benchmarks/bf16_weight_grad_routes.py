@@ -16,6 +16,7 @@ take twice as long for reasons of its own. Run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -61,10 +62,11 @@ def main() -> None:
     config = build_config(args.recipe, dict(item.split("=", 1) for item in args.set))
     model = config.recipe.build_model(10, None)
     routes = sorted(bf16_conv.WEIGHT_GRAD_ROUTES)
-    default_chunk = bf16_conv.UNFOLDED_CHUNK_BYTES
-    variants = {r: (bf16_conv.WEIGHT_GRAD_ROUTES[r], default_chunk) for r in routes}
+    variants = {r: bf16_conv.WEIGHT_GRAD_ROUTES[r] for r in routes}
     for mb in args.chunks_mb:
-        variants[f"unfolded at {mb:g} MB"] = (bf16_conv._unfolded_weight_grad, int(mb * 2**20))
+        variants[f"unfolded at {mb:g} MB"] = functools.partial(
+            bf16_conv._unfolded_weight_grad, chunk_bytes=int(mb * 2**20)
+        )
     print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"{args.recipe} {' '.join(args.set)}, batch {args.batch_size}, {args.rounds} rounds")  # fmt: skip
     print("| input, filters | " + " | ".join(f"{v}, ms (fastest / median)" for v in variants)
@@ -80,13 +82,11 @@ def main() -> None:
         grad_y = grad_y.contiguous(memory_format=layout)
         times: dict[str, list[float]] = {v: [] for v in variants}
         for round_ in range(args.rounds + 1):  # the first round warms up, untimed
-            for variant, (route, chunk) in variants.items():
-                bf16_conv.UNFOLDED_CHUNK_BYTES = chunk
+            for variant, route in variants.items():
                 start = time.perf_counter()
                 route(grad_y, x, weight, 1)
                 if round_:
                     times[variant].append((time.perf_counter() - start) * 1000)
-        bf16_conv.UNFOLDED_CHUNK_BYTES = default_chunk
         fastest = min(routes, key=lambda r: min(times[r]))
         chosen = bf16_conv.weight_grad_route(c_in, c_out, h, w, 3, 1)
         cells = " | ".join(f"{min(times[v]):.1f} / {statistics.median(times[v]):.1f}"

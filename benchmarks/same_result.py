@@ -9,8 +9,8 @@ at batch 128, on its CPU fast path with conv2 by Fourier transform (CIFARLAB_FFT
 both trees take the same route whatever a timing would choose) and again on the oneDNN
 route (=0); and `fast` for 4 steps at batch 256, in float32 and in bfloat16 (`--runs` picks
 some). Both trees share the kernel cache, so bfloat16's filter-gradient routes, chosen by a
-timing kept there, are the same for both (where the route names are). Each run is a `python -m cifarlab train`
-process with PYTHONPATH set to the tree. Exit status 0 when every tensor of the weights,
+timing kept there, are the same for both (where the route names are). Each run is a
+`python -m cifarlab train` process with PYTHONPATH set to the tree. Exit status 0 when every tensor of the weights,
 the weight average and the optimizer state is equal to the bit.
 """
 

@@ -64,20 +64,23 @@ def _onednn_fp32(grad_y, x, weight_bf16, padding: int) -> torch.Tensor:
     return _convolution_backward(grad_y.float(), x.float(), weight, padding, False, True)[1]
 
 
-def _unfolded_weight_grad(grad_y, x, weight_bf16, padding: int) -> torch.Tensor:
+def _unfolded_weight_grad(grad_y, x, weight_bf16, padding: int,
+                          chunk_bytes: int | None = None) -> torch.Tensor:  # fmt: skip
     """dW = sum over images and output positions of grad_y[position] times the k x k window
     of x under it, as bfloat16 matrix products over the unfolded input, a few images at a
     time: x is zero-padded once, channels-last; each chunk's windows are unfolded into
     [positions, k * k * C] rows (tap-major), multiplied by the chunk's output gradient laid
     out [O, positions], and the chunks' products summed in float32. A chunk's rows take
-    about UNFOLDED_CHUNK_BYTES, so the product reads them back from cache rather than
-    memory (`benchmarks/bf16_weight_grad_routes.py --chunks-mb` times other sizes)."""
+    about `chunk_bytes` (default UNFOLDED_CHUNK_BYTES), so the product reads them back from
+    cache rather than memory (`benchmarks/bf16_weight_grad_routes.py --chunks-mb` times
+    other sizes)."""
     n, c, h, w = x.shape
     o, _, k, _ = weight_bf16.shape
     hp, wp = h + 2 * padding, w + 2 * padding
     out_h, out_w = grad_y.shape[-2:]
     row = k * k * c  # one output position's window, unfolded
-    images = max(1, UNFOLDED_CHUNK_BYTES // (out_h * out_w * row * x.element_size()))
+    chunk_bytes = chunk_bytes or UNFOLDED_CHUNK_BYTES
+    images = max(1, chunk_bytes // (out_h * out_w * row * x.element_size()))
     sides = (0, 0, padding, padding, padding, padding)
     padded = F.pad(x.permute(0, 2, 3, 1), sides).contiguous()  # [N, hp, wp, C]
     grad_rows = grad_y.permute(0, 2, 3, 1)  # [N, out_h, out_w, O]
