@@ -9,11 +9,12 @@ from conftest import trivial_accuracy
 from cifarlab.cli import main
 from cifarlab.config import build_config
 from cifarlab.data.loader import BatchPosition
-from cifarlab.models.fast import FastNet, _patches, whitening_filters
+from cifarlab.models.fast import FastNet, ResidualBlock, _patches, whitening_filters
 from cifarlab.recipes import TrainingPlan, get_recipe
 from cifarlab.recipes.fast import (
     LookaheadAverage,
     alternating_flip,
+    cutout,
     jitter,
     random_flip,
     translate,
@@ -131,6 +132,51 @@ def test_jitter_shifts_then_scales_each_image_by_its_own_draw_and_splits_across_
     assert jitter(x, 0, 0, torch.Generator(), 0, 8) is x  # off: untouched, nothing drawn
 
 
+def test_cutout_blanks_one_square_inside_each_image_at_its_own_place_across_ranks():
+    x = torch.randn(64, 3, 12, 10) + 5  # never 0 by chance
+    whole = cutout(x, 4, torch.Generator().manual_seed(7), 0, 64)
+    halves = [cutout(x[i * 32 : (i + 1) * 32], 4, torch.Generator().manual_seed(7), i * 32, 64)
+              for i in range(2)]  # fmt: skip
+    assert torch.equal(torch.cat(halves), whole)  # ranks see one process's draws
+    corners = set()
+    for i in range(64):
+        blank = whole[i] == 0
+        assert torch.equal(blank[0], blank[1]) and torch.equal(blank[0], blank[2])  # all channels
+        rows, cols = blank[0].nonzero(as_tuple=True)
+        top, left = rows.min().item(), cols.min().item()
+        assert len(rows) == 16 and rows.max() - top == 3 and cols.max() - left == 3  # a 4x4 square
+        assert top + 4 <= 12 and left + 4 <= 10  # inside the image
+        assert torch.equal(whole[i][~blank], x[i][~blank])  # the rest untouched
+        corners.add((top, left))
+    assert len(corners) > 32  # a place per image: (12 - 3) x (10 - 3) = 63 possible
+    assert {c[0] for c in corners} >= {0, 8} and {c[1] for c in corners} >= {0, 6}  # edges reached
+    assert cutout(x, 0, torch.Generator(), 0, 64) is x  # off: untouched, nothing drawn
+
+
+def test_a_residual_block_starts_as_its_first_half_and_its_branch_learns_from_step_one():
+    torch.manual_seed(0)
+    block = ResidualBlock(8, 16, bn_momentum=0.6, residual_init=0.0)
+    x = torch.randn(6, 8, 10, 10)
+    first_half = block.activation(block.norm1(block.pool(block.conv1(x))))
+    out = block(x)
+    assert torch.equal(out, first_half)  # the branch joins with scale 0: exactly the first half
+    out.square().sum().backward()
+    assert block.branch_scale.grad.abs() > 0  # the scale moves at the first step...
+    assert torch.equal(block.conv3.weight.grad, torch.zeros_like(block.conv3.weight))
+    block.zero_grad()
+    with torch.no_grad():
+        block.branch_scale.fill_(0.5)  # ...and once it has, the branch's filters learn
+    plain = ResidualBlock(8, 16, bn_momentum=0.6, residual_init=1.0)
+    plain.load_state_dict({**block.state_dict(), "branch_scale": torch.tensor(1.0)})
+    block(x).square().sum().backward()
+    assert block.conv3.weight.grad.abs().sum() > 0 and block.conv2.weight.grad.abs().sum() > 0
+    branch = plain(x) - first_half  # the plain sum: x0 + branch(x0)
+    torch.testing.assert_close(block(x), first_half + 0.5 * branch)
+    net = FastNet(10, widths=(8, 16, 16), residual=True)
+    assert all(isinstance(b, ResidualBlock) for b in net.blocks)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_a_frozen_whitening_bias_gets_an_exact_zero_and_leaves_the_rest_as_it_was():
     torch.manual_seed(0)
     net = FastNet(10, widths=(8, 16, 16))
@@ -206,7 +252,8 @@ SMALL = ["--recipe", "fast-sgd", "--synthetic", "--set", "synthetic_train_per_cl
 @pytest.mark.parametrize(
     "conv_optimizer, extra",
     [("sgd", []), ("muon", []), ("muon", ["--set", "hard_keep=0.5", "--set", "hard_from_epoch=1"]),
-     ("muon", ["--set", "precision=bfloat16"])],  # models/bf16_conv.py's routes, timed here
+     ("muon", ["--set", "precision=bfloat16"]),  # models/bf16_conv.py's routes, timed here
+     ("muon", ["--set", "residual=true", "--set", "cutout=8"])],
 )  # fmt: skip
 def test_a_short_run_learns_and_resumes_exactly_mid_epoch(tmp_path, capsys, conv_optimizer, extra):
     """With hard-example selection too: step 9 is mid-way through the first selected epoch.

@@ -9,7 +9,11 @@
   block 3       the same, 256 -> 256                                                [N, 256, 3, 3]
   global max pool, linear 256 -> classes (no bias), logits scaled by 1/9
 
-No residual connections. Convolutions start as the identity on their first input channels
+With `residual=True` (the longer recipes' wider network) each block has a third
+convolution: after its first half (conv, pool, BN, GELU) -> x0, a branch of two more
+(conv, BN, GELU, twice) is added back, x0 + s * branch(x0), with s a trained scalar per
+block starting at `residual_init` (0: each block starts as its first half alone, the branch
+joining as s grows; 1: the plain sum). Convolutions start as the identity on their first input channels
 (so a block passes its input through at first); BatchNorm weights are frozen at 1 and only
 their biases train; logits are scaled down so the initial predictions are near uniform.
 """
@@ -64,6 +68,26 @@ class ConvBlock(nn.Module):
         return self.activation(self.norm2(self.conv2(x)))
 
 
+class ResidualBlock(ConvBlock):
+    """ConvBlock's first half, then x0 + scale * (conv, BN, GELU, conv, BN, GELU)(x0)."""
+
+    def __init__(self, channels_in: int, channels_out: int, bn_momentum: float,
+                 residual_init: float) -> None:  # fmt: skip
+        super().__init__(channels_in, channels_out, bn_momentum)
+        self.conv3 = bf16_conv.Conv2d(channels_out, channels_out, 3, padding=1, bias=False)
+        self.norm3 = _batch_norm(channels_out, bn_momentum)
+        _identity_init(self.conv3)
+        # One trained scalar: at 0 the block starts as its first half alone, and the
+        # branch's filters learn from the first step on, when the scale has moved.
+        self.branch_scale = nn.Parameter(torch.tensor(float(residual_init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x0 = self.activation(self.norm1(self.pool(self.conv1(x))))
+        branch = self.activation(self.norm2(self.conv2(x0)))
+        branch = self.activation(self.norm3(self.conv3(branch)))
+        return x0 + self.branch_scale * branch
+
+
 def _batch_norm(channels: int, momentum: float) -> nn.BatchNorm2d:
     norm = nn.BatchNorm2d(channels, momentum=momentum, eps=1e-12)
     norm.weight.requires_grad_(False)  # frozen at 1: only the bias (shift) trains
@@ -79,16 +103,19 @@ def _identity_init(conv: nn.Conv2d) -> None:
 
 class FastNet(nn.Module):
     def __init__(
-        self, num_classes: int = 10, widths=(64, 256, 256), bn_momentum: float = 0.6
-    ) -> None:
+        self, num_classes: int = 10, widths=(64, 256, 256), bn_momentum: float = 0.6,
+        residual: bool = False, residual_init: float = 0.0,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)
         self.activation = nn.GELU()
         channels = [24, *widths]
-        self.blocks = nn.Sequential(
-            *[ConvBlock(channels[i], channels[i + 1], bn_momentum) for i in range(len(widths))]
-        )
+        self.blocks = nn.Sequential(*[
+            ResidualBlock(channels[i], channels[i + 1], bn_momentum, residual_init) if residual
+            else ConvBlock(channels[i], channels[i + 1], bn_momentum)
+            for i in range(len(widths))
+        ])  # fmt: skip
         self.head = nn.Linear(widths[-1], num_classes, bias=False)
         # The recipe switches this off once the whitening bias stops training: then no
         # gradient flows back into the whitening output, and block 1's first convolution

@@ -95,6 +95,10 @@ class Params:
         0.0, "random contrast: each image scaled by 1 +- up to this about the data set's mean "
         "(0: off)", at_least=0, below=1,
     )  # fmt: skip
+    cutout: int = setting(
+        0, "side of a square blanked (set to the data set's mean) at a random place inside each "
+        "training image, pixels (0: off)", at_least=0, at_most=16,
+    )  # fmt: skip
     whitening: bool = setting(
         True, "first layer frozen to the patches' whitening transform (false: learned, "
         "default-initialized: an ablation)",
@@ -107,6 +111,14 @@ class Params:
         0.6, "BatchNorm running-statistics update, PyTorch's convention", above=0, at_most=1
     )
     width: int = setting(256, "channels of blocks 2 and 3 (block 1: width / 4)", at_least=8)  # fmt: skip
+    residual: bool = setting(
+        False, "three convolutions a block, the last two a residual branch added to the "
+        "first's pooled output (models/fast.py)",
+    )  # fmt: skip
+    residual_init: float = setting(
+        0.0, "the residual branch's trained scale at the start: 0 (each block starts as its "
+        "first convolution alone) or 1 (the plain sum)", at_least=0,
+    )  # fmt: skip
     small_epochs: float = setting(
         0.0, "first epochs trained on crops of small_size pixels (fewer FLOPs a step)", at_least=0
     )
@@ -213,6 +225,27 @@ def jitter(
     return torch.addcmul(shift * scale, x, scale)
 
 
+def cutout(
+    x: torch.Tensor, size: int, generator: torch.Generator, offset: int, total: int
+) -> torch.Tensor:
+    """Each image with a size x size square set to 0 (the data set's mean, in standardized
+    units), its corner uniform over the places where the square fits inside. Drawn for the
+    whole global batch, this rank's slice taken."""
+    if size == 0:
+        return x
+    b, _, h, w = x.shape
+    places_x = w - size + 1
+    drawn = torch.randint(0, (h - size + 1) * places_x, (total,), generator=generator,
+                          device=generator.device)[offset : offset + b].to(x.device)  # fmt: skip
+    top, left = (drawn // places_x).view(-1, 1), (drawn % places_x).view(-1, 1)
+    rows = torch.arange(h, device=x.device).view(1, -1)
+    cols = torch.arange(w, device=x.device).view(1, -1)
+    in_rows = (rows >= top) & (rows < top + size)  # [B, H]
+    in_cols = (cols >= left) & (cols < left + size)  # [B, W]
+    box = in_rows.view(b, 1, h, 1) & in_cols.view(b, 1, 1, w)
+    return x.masked_fill(box, 0.0)
+
+
 def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """x moved by one pixel (dy, dx in -1, 0, 1), reflect-padded: a TTA view."""
     if dy == 0 and dx == 0:
@@ -279,7 +312,8 @@ class FastSGD(Recipe):
         return (self.params.width // 4, self.params.width, self.params.width)
 
     def build_model(self, num_classes: int, train_images: torch.Tensor | None) -> nn.Module:
-        model = FastNet(num_classes, widths=self.widths(), bn_momentum=self.params.bn_momentum)
+        p = self.params
+        model = FastNet(num_classes, self.widths(), p.bn_momentum, p.residual, p.residual_init)
         if not self.params.whitening:
             model.whiten.weight.requires_grad_(True)  # an ordinary first layer
         elif train_images is not None:
@@ -294,6 +328,7 @@ class FastSGD(Recipe):
         offset, total = position.offset, position.global_batch_size
         x = translate(x, self.params.translate, generator, offset, total)
         x = jitter(x, self.params.brightness, self.params.contrast, generator, offset, total)
+        x = cutout(x, self.params.cutout, generator, offset, total)
         size = self.train_image_size(position.epoch)
         if (
             size < x.shape[-1]
@@ -399,9 +434,12 @@ class FastSGD(Recipe):
     def _bf16_timed_faster(self) -> bool:
         """precision=auto on a CPU: this network timed both ways here (models/bf16_conv.py)."""
         if self._bf16_verdict is None:
+            residual = self.params.residual
+            key = {"widths": list(self.widths()), **({"residual": True} if residual else {})}
             self._bf16_verdict = bf16_conv.bf16_faster(
-                "fast-net-bf16", {"widths": list(self.widths())},
-                lambda: FastNet(widths=self.widths()).to(memory_format=torch.channels_last),
+                "fast-net-bf16", key,
+                lambda: FastNet(widths=self.widths(), residual=residual).to(
+                    memory_format=torch.channels_last),
             )  # fmt: skip
         return self._bf16_verdict
 
