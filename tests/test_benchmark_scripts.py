@@ -27,6 +27,7 @@ def test_fast_step_profile_reports_both_paths_layer_by_layer():
         (plain, {"oneDNN, same dtype"}),
         (bf16, set(bf16_conv.WEIGHT_GRAD_ROUTES)),
     ):
+        assert re.search(r"^profiled step: [\d.]+ s, [\d,]+ minor page faults", part, re.M)
         rows = [line for line in part.splitlines() if line.startswith("| [8, ")]
         assert len(rows) == 6  # the five distinct 3x3 shapes (block 3 repeats one) and the stem
         three_by_three = [r for r in rows if ", 3, 3] |" in r]
