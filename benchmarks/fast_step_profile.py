@@ -120,9 +120,9 @@ def measure(args, label: str, settings: dict, peak: float) -> float:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                 record_shapes=True) as prof:  # fmt: skip
         profiled_s = steps(1)
-    # The profiler's own records take heap memory between the step's buffers, so some of
-    # them come back as new pages, each zeroed by the kernel at its first write (a step
-    # unprofiled faults almost none): that time lands in whichever operator writes a new
+    # A profiled step faults in new pages where a plain one faults none (most likely the
+    # profiler's own records taking heap memory between the step's buffers), each zeroed by
+    # the kernel at its first write: that time lands in whichever operator writes a new
     # buffer first, mostly fill_ and copy_ ("other"). Said, so it is not read as the step's.
     print(f"profiled step: {profiled_s:.2f} s, {faults[-1]:,.0f} minor page faults (the "
           "operator times below include the kernel's zeroing of those pages, mostly in "
