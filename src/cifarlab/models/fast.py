@@ -9,13 +9,15 @@
   block 3       the same, 256 -> 256                                                [N, 256, 3, 3]
   global max pool, linear 256 -> classes (no bias), logits scaled by 1/9
 
-With `residual=True` (the longer recipes' wider network) each block has a third
+With `residual=True` (for longer runs of a wider network) each block has a third
 convolution: after its first half (conv, pool, BN, GELU) -> x0, a branch of two more
 (conv, BN, GELU, twice) is added back, x0 + s * branch(x0), with s a trained scalar per
 block starting at `residual_init` (0: each block starts as its first half alone, the branch
-joining as s grows; 1: the plain sum). Convolutions start as the identity on their first input channels
-(so a block passes its input through at first); BatchNorm weights are frozen at 1 and only
-their biases train; logits are scaled down so the initial predictions are near uniform.
+joining as s grows; 1: the plain sum).
+
+Convolutions start as the identity on their first input channels (so a block passes its
+input through at first); BatchNorm weights are frozen at 1 and only their biases train;
+logits are scaled down so the initial predictions are near uniform.
 """
 
 from __future__ import annotations
