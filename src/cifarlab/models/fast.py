@@ -65,9 +65,14 @@ class ConvBlock(nn.Module):
         for conv in (self.conv1, self.conv2):
             _identity_init(conv)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.activation(self.norm1(self.pool(self.conv1(x))))
+    def first_half(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.norm1(self.pool(self.conv1(x))))
+
+    def second_half(self, x: torch.Tensor) -> torch.Tensor:
         return self.activation(self.norm2(self.conv2(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second_half(self.first_half(x))
 
 
 class ResidualBlock(ConvBlock):
@@ -84,9 +89,8 @@ class ResidualBlock(ConvBlock):
         self.branch_scale = nn.Parameter(torch.tensor(float(residual_init)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x0 = self.activation(self.norm1(self.pool(self.conv1(x))))
-        branch = self.activation(self.norm2(self.conv2(x0)))
-        branch = self.activation(self.norm3(self.conv3(branch)))
+        x0 = self.first_half(x)
+        branch = self.activation(self.norm3(self.conv3(self.second_half(x0))))
         return x0 + self.branch_scale * branch
 
 
