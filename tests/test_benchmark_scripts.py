@@ -67,3 +67,17 @@ def test_the_filter_gradient_routes_are_timed_at_every_shape_of_the_network():
         # printed to 0.1 ms, so two routes may tie on paper: the named one is among the fastest
         assert fastest[cells[-2]] == min(fastest.values())
         assert cells[-1] in routes
+
+
+def test_profiled_step_faults_prints_a_row_a_round_and_the_zeroing_alone():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/profiled_step_faults.py"), "--batch-size", "8",
+         "--rounds", "2", "--set", "width=32"],
+        capture_output=True, text=True, timeout=600, check=True,
+    ).stdout  # fmt: skip
+    rows = re.findall(r"^\| (\d) \| [\d.]+ \| [\d,]+ \| [\d.]+ \| [\d,]+ \| (\d+) \|$", out, re.M)
+    assert [r[0] for r in rows] == ["1", "2"]
+    zeroing = re.findall(
+        r"^zeroing \[8, (\d+), (\d+), \d+\] torch.float32 alone: [\d.]+ ms", out, re.M
+    )
+    assert zeroing == [("8", "31"), ("32", "15")]  # block 1's and block 2's pooled inputs
