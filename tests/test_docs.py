@@ -88,7 +88,10 @@ def test_every_cited_script_and_configuration_exists(cited: str) -> None:
 def test_the_evidence_in_the_tree_is_small_and_structured() -> None:
     files = [p for p in (ROOT / "benchmarks/results").rglob("*") if p.is_file()]
     assert files, "benchmarks/results holds the evidence"
-    assert sum(p.stat().st_size for p in files) <= 200_000
+    # Saved experiments keep a few KB a seed (benchmarks/save_experiment.py): no checkpoint,
+    # event file or log, each of which alone would break one of these bounds.
+    assert sum(p.stat().st_size for p in files) <= 500_000
+    assert max(p.stat().st_size for p in files) <= 64_000
     assert not [p for p in files if p.suffix not in {".json", ".md"}], "raw logs stay out"
 
 
