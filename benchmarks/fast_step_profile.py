@@ -12,10 +12,12 @@ fp32 matrix-product peak it reaches, measured in one run:
    its fraction of the peak; the minor page faults a step (memory the kernel hands out anew:
    zero once malloc keeps freed memory, cifarlab/allocator.py);
 3. a torch.profiler table of one more step: self CPU time by operator family, and each
-   convolution pass (forward, backward) by its input shapes, one line per layer and pass.
+   convolution layer's forward and backward by its input shapes, with the algorithm each
+   ran (the library's direct convolution, a bfloat16 filter-gradient route, or Winograd).
 With --against, the same for the recipe with those settings changed, in the same run, and
 how many times as fast its step is (`--against precision=bfloat16`: the plain float32
-path beside the bfloat16 one).
+path beside the bfloat16 one; `--against convolution=auto`: beside Winograd where it was
+timed faster).
 Run it on a quiet machine: anything else running halves the figures.
 """
 
@@ -33,7 +35,7 @@ import torch
 
 from cifarlab.flops import step_flops
 from cifarlab.machine import device_name, matmul_peak_gflops
-from cifarlab.models import bf16_conv
+from cifarlab.models import bf16_conv, winograd
 from cifarlab.recipes import TrainingPlan
 
 FAMILIES = [  # (family, substrings of profiler op names), first match wins
@@ -127,29 +129,33 @@ def measure(args, label: str, settings: dict, peak: float) -> float:
     print(f"profiled step: {profiled_s:.2f} s, {faults[-1]:,.0f} minor page faults (the "
           "operator times below include the kernel's zeroing of those pages, mostly in "
           "fill_ and copy_)")  # fmt: skip
-    outside, filter_gradients = split_filter_gradients(prof)
+    outside, regions = split_route_regions(prof)
     by_family: dict[str, float] = defaultdict(float)
     for event in outside:
         by_family[family(event.name)] += event.self_cpu_time_total / 1e3
-    for event in filter_gradients:  # whatever operators a route ran: convolution work
+    for event in regions:  # whatever operators a route ran: convolution work
         by_family["convolution"] += event.cpu_time_total / 1e3
     ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(by_family.values())
     print("\n| operator family | ms (self CPU, one step) | share |\n|---|---:|---:|")
     for name, ms in sorted(by_family.items(), key=lambda kv: -kv[1]):
         print(f"| {name} | {ms:,.0f} | {ms / total:.0%} |")
-    print_layers(outside, filter_gradients, peak)
+    print_layers(outside, regions, peak)
     print("\ntop operators:")
     for event in ops[:15]:
         print(f"  {event.self_cpu_time_total / 1e3:8.0f} ms  {event.count:4d}x  {event.key}")
     return step_s
 
 
-def split_filter_gradients(prof) -> tuple[list, list]:
-    """(every profiled operator outside bf16_conv's filter-gradient regions, the regions):
-    a region's time, whatever it ran (matrix products, copies, oneDNN), is its layer's."""
+ROUTE_LABELS = (bf16_conv.FILTER_GRADIENT_LABEL, winograd.LABEL)
+
+
+def split_route_regions(prof) -> tuple[list, list]:
+    """(every profiled operator outside the convolution routes' labelled regions, the
+    regions): bf16_conv's filter gradients and Winograd's passes. A region's time, whatever
+    it ran (matrix products, copies, transforms), is its layer's."""
     events = prof.events()
-    regions = [e for e in events if e.name.startswith(bf16_conv.FILTER_GRADIENT_LABEL)]
+    regions = [e for e in events if e.name.startswith(ROUTE_LABELS)]
     inside: set[int] = set()
     stack = [child for region in regions for child in region.cpu_children]
     while stack:
@@ -160,24 +166,31 @@ def split_filter_gradients(prof) -> tuple[list, list]:
     return outside, regions
 
 
-def print_layers(outside: list, filter_gradients: list, peak: float) -> None:
+def print_layers(outside: list, regions: list, peak: float) -> None:
     """One line per convolution layer (its input and filter shapes): the direct-convolution
     GFLOP of one pass, the forward's and the backward's (both gradients) milliseconds, the
-    equivalent GFLOP/s, and the filter gradient's route where bf16_conv chose one. The
-    fast network's padding: 1 for its 3x3 convolutions, none for the 2x2 whitening."""
-    layers: dict = defaultdict(lambda: {"forward": 0.0, "backward": 0.0})
+    equivalent GFLOP/s, and the algorithm: the library's direct convolution, with the
+    filter gradient's route where bf16_conv chose one, or Winograd. The fast network's
+    padding: 1 for its 3x3 convolutions, none for the 2x2 whitening."""
+    layers: dict = defaultdict(lambda: {"forward": 0.0, "backward": 0.0, "algorithm": ""})
     for event in outside:
         shapes = [tuple(s) for s in event.input_shapes if s]
         if event.name == "aten::mkldnn_convolution" and len(shapes) >= 2:
             layers[shapes[0], shapes[1]]["forward"] += event.self_cpu_time_total / 1e3
         elif event.name == "aten::convolution_backward" and len(shapes) >= 3:
             layers[shapes[1], shapes[2]]["backward"] += event.self_cpu_time_total / 1e3
-    for event in filter_gradients:  # "<label> <route> [n, c, h, w] [o, c, k, k]"
+    for event in regions:  # "<label> <route or pass> [n, c, h, w] [o, c, k, k]"
         x_shape, w_shape = (tuple(json.loads(s)) for s in re.findall(r"\[[^]]*\]", event.name))
-        layers[x_shape, w_shape]["backward"] += event.cpu_time_total / 1e3
+        layer = layers[x_shape, w_shape]
+        if event.name.startswith(winograd.LABEL):
+            layer["forward" if " forward " in event.name else "backward"] += (
+                event.cpu_time_total / 1e3)  # fmt: skip
+            layer["algorithm"] = "Winograd F(4x4, 3x3)"
+        else:
+            layer["backward"] += event.cpu_time_total / 1e3
     print("\n| layer: input, filters | GFLOP a pass (direct) | forward ms | backward ms "
-          "| GFLOP/s (passes run) | filter gradient |\n|---|---:|---:|---:|---:|---|")  # fmt: skip
-    for (x, w), ms in sorted(layers.items(), key=lambda kv: -sum(kv[1].values())):
+          "| GFLOP/s (passes run, direct-equivalent) | algorithm |\n|---|---:|---:|---:|---:|---|")  # fmt: skip
+    for (x, w), ms in sorted(layers.items(), key=lambda kv: -(kv[1]["forward"] + kv[1]["backward"])):
         n, c, h, wd = x
         o, _, k, _ = w
         pad = 1 if k == 3 else 0
@@ -186,9 +199,10 @@ def print_layers(outside: list, filter_gradients: list, peak: float) -> None:
         if c == 24 and ms["backward"]:  # on the stem's output: at the measured mid-run step
             passes = 2  # the whitening bias is frozen, so no input gradient is computed
         rate = passes * gflop / ((ms["forward"] + ms["backward"]) / 1e3)
-        route = bf16_conv.routes_used().get((c, o, h, wd, k, pad), "oneDNN, same dtype")
+        route = bf16_conv.routes_used().get((c, o, h, wd, k, pad))
+        algorithm = ms["algorithm"] or "direct" + (f"; filter gradient {route}" if route else "")
         print(f"| {list(x)}, {list(w)} | {gflop:.1f} | {ms['forward']:.0f} | "
-              f"{ms['backward']:.0f} | {rate:,.0f} ({rate / peak:.0%}) | {route} |")
+              f"{ms['backward']:.0f} | {rate:,.0f} ({rate / peak:.0%}) | {algorithm} |")
     products = [e for e in outside if e.name == "aten::mm"]
     print(f"matrix products outside the convolutions (Muon, the head): "
           f"{sum(e.self_cpu_time_total for e in products) / 1e3:.0f} ms")

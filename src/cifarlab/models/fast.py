@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import bf16_conv
+from . import winograd
 
 LOGIT_SCALE = 1 / 9  # keeps initial logits small: softmax near uniform at the start
 
@@ -53,13 +53,19 @@ def _patches(images: torch.Tensor, size: int) -> torch.Tensor:
     return windows.permute(0, 2, 3, 1, 4, 5).reshape(-1, c, size, size)
 
 
+def _conv3x3(channels_in: int, channels_out: int, algorithm: str) -> winograd.Conv2d:
+    return winograd.Conv2d(channels_in, channels_out, 3, padding=1, bias=False,
+                           algorithm=algorithm)  # fmt: skip
+
+
 class ConvBlock(nn.Module):
-    def __init__(self, channels_in: int, channels_out: int, bn_momentum: float) -> None:
+    def __init__(self, channels_in: int, channels_out: int, bn_momentum: float,
+                 convolution: str = "direct") -> None:  # fmt: skip
         super().__init__()
-        self.conv1 = bf16_conv.Conv2d(channels_in, channels_out, 3, padding=1, bias=False)
+        self.conv1 = _conv3x3(channels_in, channels_out, convolution)
         self.pool = nn.MaxPool2d(2)
         self.norm1 = _batch_norm(channels_out, bn_momentum)
-        self.conv2 = bf16_conv.Conv2d(channels_out, channels_out, 3, padding=1, bias=False)
+        self.conv2 = _conv3x3(channels_out, channels_out, convolution)
         self.norm2 = _batch_norm(channels_out, bn_momentum)
         self.activation = nn.GELU()
         for conv in (self.conv1, self.conv2):
@@ -79,9 +85,9 @@ class ResidualBlock(ConvBlock):
     """ConvBlock's first half, then x0 + scale * (conv, BN, GELU, conv, BN, GELU)(x0)."""
 
     def __init__(self, channels_in: int, channels_out: int, bn_momentum: float,
-                 residual_init: float) -> None:  # fmt: skip
-        super().__init__(channels_in, channels_out, bn_momentum)
-        self.conv3 = bf16_conv.Conv2d(channels_out, channels_out, 3, padding=1, bias=False)
+                 residual_init: float, convolution: str = "direct") -> None:  # fmt: skip
+        super().__init__(channels_in, channels_out, bn_momentum, convolution)
+        self.conv3 = _conv3x3(channels_out, channels_out, convolution)
         self.norm3 = _batch_norm(channels_out, bn_momentum)
         _identity_init(self.conv3)
         # One trained scalar: at 0 the block starts as its first half alone, and the
@@ -110,7 +116,7 @@ def _identity_init(conv: nn.Conv2d) -> None:
 class FastNet(nn.Module):
     def __init__(
         self, num_classes: int = 10, widths=(64, 256, 256), bn_momentum: float = 0.6,
-        residual: bool = False, residual_init: float = 0.0,
+        residual: bool = False, residual_init: float = 0.0, convolution: str = "direct",
     ) -> None:  # fmt: skip
         super().__init__()
         self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
@@ -118,8 +124,8 @@ class FastNet(nn.Module):
         self.activation = nn.GELU()
         channels = [24, *widths]
         self.blocks = nn.Sequential(*[
-            ResidualBlock(channels[i], channels[i + 1], bn_momentum, residual_init) if residual
-            else ConvBlock(channels[i], channels[i + 1], bn_momentum)
+            ResidualBlock(channels[i], channels[i + 1], bn_momentum, residual_init, convolution)
+            if residual else ConvBlock(channels[i], channels[i + 1], bn_momentum, convolution)
             for i in range(len(widths))
         ])  # fmt: skip
         self.head = nn.Linear(widths[-1], num_classes, bias=False)

@@ -21,6 +21,7 @@ Three named configurations of the one recipe:
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +31,7 @@ from torch import nn
 from ..averaging import copy_saved_tensors
 from ..data.loader import HardExamples
 from ..frontier import Frontier, Measured
-from ..models import bf16_conv
+from ..models import bf16_conv, winograd
 from ..models.fast import FastNet
 from ..muon import Muon
 from ..settings import setting, with_defaults
@@ -151,6 +152,13 @@ class Params:
         "AMX); or auto (bfloat16 where a forward and backward of this network was timed faster "
         "in it on this machine, else float32). On CUDA: bfloat16 unless float32",
         choices=("float32", "bfloat16", "auto"),
+    )  # fmt: skip
+    convolution: str = setting(
+        "direct", "the 3x3 convolutions in float32 on a CPU: direct (the library's); winograd "
+        "(Winograd's F(4x4, 3x3), models/winograd.py: 4x fewer multiplications, more memory "
+        "traffic); or auto (Winograd for each shape whose forward and backward was timed "
+        "faster that way on this machine). bfloat16 and CUDA keep their own",
+        choices=("direct", "winograd", "auto"),
     )  # fmt: skip
     tta_views: int = setting(
         6, "test-time views: 6 (the image and its two diagonal 1-pixel shifts, weighted 2:1:1, "
@@ -313,7 +321,8 @@ class FastSGD(Recipe):
 
     def build_model(self, num_classes: int, train_images: torch.Tensor | None) -> nn.Module:
         p = self.params
-        model = FastNet(num_classes, self.widths(), p.bn_momentum, p.residual, p.residual_init)
+        model = FastNet(num_classes, self.widths(), p.bn_momentum, p.residual, p.residual_init,
+                        p.convolution)  # fmt: skip
         if not self.params.whitening:
             model.whiten.weight.requires_grad_(True)  # an ordinary first layer
         elif train_images is not None:
@@ -434,26 +443,47 @@ class FastSGD(Recipe):
     def _bf16_timed_faster(self) -> bool:
         """precision=auto on a CPU: this network timed both ways here (models/bf16_conv.py)."""
         if self._bf16_verdict is None:
-            residual = self.params.residual
-            key = {"widths": list(self.widths()), **({"residual": True} if residual else {})}
+            residual, convolution = self.params.residual, self.params.convolution
+            key = {
+                "widths": list(self.widths()),
+                **({"residual": True} if residual else {}),
+                **({"convolution": convolution} if convolution != "direct" else {}),
+            }
             self._bf16_verdict = bf16_conv.bf16_faster(
                 "fast-net-bf16", key,
-                lambda: FastNet(widths=self.widths(), residual=residual).to(
-                    memory_format=torch.channels_last),
+                lambda: FastNet(widths=self.widths(), residual=residual,
+                                convolution=convolution).to(memory_format=torch.channels_last),
             )  # fmt: skip
         return self._bf16_verdict
 
     def prepare_device(self, device: torch.device) -> None:
         if device.type == "cpu":
-            self.compute_dtype(device)  # precision=auto settled (timed) before any clock
+            self._settle_convolutions()  # convolution=auto: each shape timed, before any clock
+            self.compute_dtype(device)  # precision=auto settled (timed) the same way
+
+    def _settle_convolutions(self) -> None:
+        """convolution=auto: one float32 forward and backward of a tiny batch at each image
+        size the run trains on, so that every convolution shape is timed both ways
+        (models/winograd.py) now rather than in the first steps."""
+        if self.params.convolution != "auto" or self.params.precision == "bfloat16":
+            return
+        p = self.params
+        model = FastNet(widths=self.widths(), residual=p.residual, convolution="auto")
+        for size in {32, *([p.small_size] if p.small_epochs > 0 else [])}:
+            x = torch.zeros(2, 3, size, size).contiguous(memory_format=torch.channels_last)
+            model(x).sum().backward()
+        print(f"cifarlab: {winograd.choices_line()}", file=sys.stderr, flush=True)
 
     def for_flop_count(self) -> FastSGD:
-        # The FLOPs are those of the function computed, whatever the arithmetic: counted in
-        # float32, where the counter sees the plain convolutions (bf16_conv's filter-gradient
-        # routes are other operations) and nothing needs timing first.
-        if self.params.precision == "float32":
+        # The FLOPs are those of the function computed, whatever the arithmetic or the
+        # algorithm: counted in float32 with the direct convolutions, which the counter sees
+        # as convolutions (bf16_conv's filter-gradient routes and Winograd's tile products are
+        # other operations, and Winograd's fewer multiplications are not fewer FLOPs of the
+        # function), and nothing needs timing first.
+        p = self.params
+        if p.precision == "float32" and p.convolution == "direct":
             return self
-        return type(self)(dataclasses.replace(self.params, precision="float32"))
+        return type(self)(dataclasses.replace(p, precision="float32", convolution="direct"))
 
 
 # airbench94-Muon's settings in this recipe's units: its head and bias rates at batch 2,000

@@ -1,7 +1,9 @@
 // Native CPU kernels for the tutorial network's fast path (compiled on first use by
 // models/native.py): where PyTorch makes several passes over memory, these make one.
 // 1. local response normalization, forward and backward; 2. the max-pool's backward;
-// 3. a convolution by Fourier transform, on each thread for its share of the batch.
+// 3. a convolution by Fourier transform, on each thread for its share of the batch;
+// 4. the three tile transforms of Winograd's F(4x4, 3x3) convolution (models/winograd.py,
+// which the fast network uses: its matrix products are PyTorch's).
 // Float32; the activations channels-last, so that each pixel's C channels are one
 // contiguous row: loops over channels vectorize, and a row is read once (the LRNs also
 // read and write NCHW, the Fourier convolution's layout).
@@ -314,6 +316,184 @@ torch::Tensor fft_conv(const torch::Tensor& x, const torch::Tensor& weight,
   return y;
 }
 
+
+// 4. Winograd's F(4x4, 3x3): a 3x3 convolution (stride 1, zero padding 1) computed on 6x6
+// input tiles that overlap by 2, each giving a 4x4 output tile, with 36 products a tile and
+// channel pair instead of 144 (models/winograd.py has the algebra and the matrix products).
+// These kernels are its transforms, each one read and one write of memory, parallel over
+// tiles, the channels of a tile position contiguous so that the loops over them vectorize:
+//   winograd_input         x [N, H, W, C] -> V [36, T, C], V = B^T d B of each 6x6 tile d
+//                          (T = N * ceil(H/4) * ceil(W/4) tiles; outside x reads 0);
+//   winograd_output        M [36, T, O] -> y [N, H, W, O], y = A^T m A of each tile,
+//                          cropped to H x W;
+//   winograd_output_grad   g [N, H, W, O] -> [36, T, O], A g A^T of each 4x4 tile of g
+//                          (0 past the edge): winograd_output's adjoint, for the filter
+//                          gradient.
+// The points 0, +-1, +-2 (Lavin and Gray, 2016): the transforms' coefficients are small
+// integers, so float32 loses about 1e-6 of the result's norm (tests/test_winograd.py).
+constexpr float kBT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+                             {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+constexpr float kAT[4][6] = {
+    {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+
+constexpr float kA[6][4] = {{1, 0, 0, 0}, {1, 1, 1, 1}, {1, -1, 1, -1},
+                            {1, 2, 4, 8}, {1, -2, 4, -8}, {0, 0, 0, 1}};  // kAT transposed
+
+// A tile is a small matrix of rows of n channels: entry (r, j) at tile + (r * cols + j) * n.
+// out[c] = sum of coefficient * in[c] over the terms with a nonzero coefficient.
+template <int K>
+inline void combine(float* out, const float* const (&in)[K], const float (&coefficient)[K],
+                    int64_t n) {
+  bool first = true;
+  for (int k = 0; k < K; ++k) {
+    const float a = coefficient[k];
+    if (a == 0) continue;
+    const float* x = in[k];
+    if (first) {
+      for (int64_t c = 0; c < n; ++c) out[c] = a * x[c];
+    } else {
+      for (int64_t c = 0; c < n; ++c) out[c] += a * x[c];
+    }
+    first = false;
+  }
+  if (first) std::fill(out, out + n, 0.0f);
+}
+
+// out (R x J) = L (R x K) times in (K x J).
+template <int R, int K, int J>
+void left_multiply(const float (&L)[R][K], const float* in, float* out, int64_t n) {
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) {
+      const float* terms[K];
+      for (int k = 0; k < K; ++k) terms[k] = in + (k * J + j) * n;
+      combine<K>(out + (r * J + j) * n, terms, L[r], n);
+    }
+}
+
+// out (I x R) = in (I x K) times L^T, L being R x K; out's entry (i, r) at
+// out_row(i, r), so that the result can go straight to its place in memory.
+template <int I, int K, int R, typename Place>
+void right_multiply(const float* in, const float (&L)[R][K], Place out_row, int64_t n) {
+  for (int i = 0; i < I; ++i)
+    for (int r = 0; r < R; ++r) {
+      const float* terms[K];
+      for (int k = 0; k < K; ++k) terms[k] = in + (i * K + k) * n;
+      if (float* out = out_row(i, r)) combine<K>(out, terms, L[r], n);
+    }
+}
+
+struct Tiles {
+  int64_t N, H, W, th, tw;
+  Tiles(int64_t n, int64_t h, int64_t w) : N(n), H(h), W(w), th((h + 3) / 4), tw((w + 3) / 4) {}
+  int64_t count() const { return N * th * tw; }
+  // Tile i's image and top-left output pixel.
+  void locate(int64_t i, int64_t& n, int64_t& y, int64_t& x) const {
+    n = i / (th * tw);
+    y = i / tw % th * 4;
+    x = i % tw * 4;
+  }
+};
+
+void check_rows(const torch::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous(),
+              what, " must be a contiguous float32 CPU tensor");
+}
+
+torch::Tensor winograd_input(const torch::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4, "winograd_input: x must be [N, H, W, C]");
+  check_rows(x, "winograd_input: x");
+  const int64_t C = x.size(3);
+  const Tiles t(x.size(0), x.size(1), x.size(2));
+  const int64_t T = t.count();
+  auto v = torch::empty({36, T, C}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* vp = v.data_ptr<float>();
+  at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> tile(36 * C), rows(36 * C);
+    for (int64_t i = begin; i < end; ++i) {
+      int64_t n, y0, x0;
+      t.locate(i, n, y0, x0);
+      for (int k = 0; k < 6; ++k)
+        for (int l = 0; l < 6; ++l) {
+          const int64_t y = y0 + k - 1, x1 = x0 + l - 1;  // padding 1
+          float* out = &tile[(k * 6 + l) * C];
+          if (y < 0 || y >= t.H || x1 < 0 || x1 >= t.W) {
+            std::fill(out, out + C, 0.0f);
+          } else {
+            const float* in = xp + ((n * t.H + y) * t.W + x1) * C;
+            std::copy(in, in + C, out);
+          }
+        }
+      left_multiply<6, 6, 6>(kBT, tile.data(), rows.data(), C);  // B^T d
+      right_multiply<6, 6, 6>(rows.data(), kBT,  // (B^T d) B, into V's plane a * 6 + b
+                              [&](int a, int b) { return vp + ((a * 6 + b) * T + i) * C; }, C);
+    }
+  });
+  return v;
+}
+
+torch::Tensor winograd_output(const torch::Tensor& m, int64_t N, int64_t H, int64_t W) {
+  TORCH_CHECK(m.dim() == 3 && m.size(0) == 36, "winograd_output: m must be [36, T, O]");
+  check_rows(m, "winograd_output: m");
+  const Tiles t(N, H, W);
+  const int64_t T = t.count(), O = m.size(2);
+  TORCH_CHECK(m.size(1) == T, "winograd_output: m has ", m.size(1), " tiles, not ", T);
+  auto y = torch::empty({N, H, W, O}, m.options());
+  const float* mp = m.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> rows(24 * O);
+    for (int64_t i = begin; i < end; ++i) {
+      int64_t n, y0, x0;
+      t.locate(i, n, y0, x0);
+      for (int r = 0; r < 4; ++r)  // A^T m: each row of the result from m's planes
+        for (int l = 0; l < 6; ++l) {
+          const float* terms[6];
+          for (int k = 0; k < 6; ++k) terms[k] = mp + ((k * 6 + l) * T + i) * O;
+          combine<6>(&rows[(r * 6 + l) * O], terms, kAT[r], O);
+        }
+      right_multiply<4, 6, 4>(rows.data(), kAT, [&](int r, int j) -> float* {  // (A^T m) A
+        const int64_t y = y0 + r, x = x0 + j;
+        return y < H && x < W ? yp + ((n * H + y) * W + x) * O : nullptr;  // cropped
+      }, O);
+    }
+  });
+  return y;
+}
+
+torch::Tensor winograd_output_grad(const torch::Tensor& g) {
+  TORCH_CHECK(g.dim() == 4, "winograd_output_grad: g must be [N, H, W, O]");
+  check_rows(g, "winograd_output_grad: g");
+  const int64_t O = g.size(3), H = g.size(1), W = g.size(2);
+  const Tiles t(g.size(0), H, W);
+  const int64_t T = t.count();
+  auto m = torch::empty({36, T, O}, g.options());
+  const float* gp = g.data_ptr<float>();
+  float* mp = m.data_ptr<float>();
+  at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> tile(16 * O), rows(24 * O);
+    for (int64_t i = begin; i < end; ++i) {
+      int64_t n, y0, x0;
+      t.locate(i, n, y0, x0);
+      for (int r = 0; r < 4; ++r)
+        for (int j = 0; j < 4; ++j) {
+          const int64_t y = y0 + r, x = x0 + j;
+          float* out = &tile[(r * 4 + j) * O];
+          if (y < H && x < W) {
+            const float* in = gp + ((n * H + y) * W + x) * O;
+            std::copy(in, in + O, out);
+          } else {
+            std::fill(out, out + O, 0.0f);  // the cropped outputs had no gradient
+          }
+        }
+      left_multiply<6, 4, 4>(kA, tile.data(), rows.data(), O);  // A g
+      right_multiply<6, 4, 6>(rows.data(), kA,  // (A g) A^T, into plane k * 6 + l
+                              [&](int k, int l) { return mp + ((k * 6 + l) * T + i) * O; }, O);
+    }
+  });
+  return m;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -323,4 +503,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "max-pool backward: pooled gradient (any layout), indices -> input gradient");
   m.def("fft_conv_available", &fft_conv_available, "whether NNPACK is here and runs on this CPU");
   m.def("fft_conv", &fft_conv, "conv2d by 16x16 Fourier transforms (NNPACK), NCHW, stride 1");
+  m.def("winograd_input", &winograd_input, "F(4x4, 3x3): x [N, H, W, C] -> V [36, T, C]");
+  m.def("winograd_output", &winograd_output, "F(4x4, 3x3): M [36, T, O] -> y [N, H, W, O]");
+  m.def("winograd_output_grad", &winograd_output_grad,
+        "F(4x4, 3x3): output gradient [N, H, W, O] -> [36, T, O] (winograd_output's adjoint)");
 }
