@@ -12,27 +12,33 @@ from cifarlab.models import bf16_conv
 ROOT = Path(__file__).resolve().parents[1]
 
 
+ROUTED = {  # --against, its heading, and the algorithm column its 3x3 layers may show
+    "precision=bfloat16": ("torch.bfloat16", {f"direct; filter gradient {route}"
+                                              for route in bf16_conv.WEIGHT_GRAD_ROUTES}),
+    "convolution=winograd": ("torch.float32", {"Winograd F(4x4, 3x3)"}),
+}  # fmt: skip
+
+
 @pytest.mark.slow
-def test_fast_step_profile_reports_both_paths_layer_by_layer():
+@pytest.mark.parametrize("against", sorted(ROUTED))
+def test_fast_step_profile_reports_both_paths_layer_by_layer(against):
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks/fast_step_profile.py"), "--batch-size", "8",
-         "--steps", "1", "--repeats", "1", "--set", "width=32", "--against", "precision=bfloat16"],
+         "--steps", "1", "--repeats", "1", "--set", "width=32", "--against", against],
         capture_output=True, text=True, timeout=600, check=True,
     ).stdout  # fmt: skip
-    plain, bf16 = out.split("\n## fast, ")[1:]
+    plain, routed = out.split("\n## fast, ")[1:]
+    dtype, routes = ROUTED[against]
     assert plain.startswith("width=32 (torch.float32 arithmetic)")
-    assert bf16.startswith("precision=bfloat16 (torch.bfloat16 arithmetic)")
-    steps = [float(re.search(r"^step ([\d.]+) s", part, re.M).group(1)) for part in (plain, bf16)]
-    for part, routes in (
-        (plain, {"oneDNN, same dtype"}),
-        (bf16, set(bf16_conv.WEIGHT_GRAD_ROUTES)),
-    ):
+    assert routed.startswith(f"{against} ({dtype} arithmetic)")
+    steps = [float(re.search(r"^step ([\d.]+) s", part, re.M).group(1)) for part in (plain, routed)]
+    for part, algorithms in ((plain, {"direct"}), (routed, routes)):
         assert re.search(r"^profiled step: [\d.]+ s, [\d,]+ minor page faults", part, re.M)
         rows = [line for line in part.splitlines() if line.startswith("| [8, ")]
         assert len(rows) == 6  # the five distinct 3x3 shapes (block 3 repeats one) and the stem
         three_by_three = [r for r in rows if ", 3, 3] |" in r]
         assert len(three_by_three) == 5
-        assert all(r.rsplit("|", 2)[1].strip() in routes for r in three_by_three)
+        assert all(r.rsplit("|", 2)[1].strip() in algorithms for r in three_by_three), part
         # direct GFLOP of block 1's first convolution: 2 x 8 x 31 x 31 x 8 x 24 x 9 / 1e9
         assert "| [8, 24, 31, 31], [8, 24, 3, 3] | 0.0 |" in part
     ratio = float(re.search(r"step ([\d.]+)x as fast as width=32", out).group(1))

@@ -180,7 +180,7 @@ def test_the_setting_changes_the_arithmetic_not_the_flop_count():
         build_config("fast", {"convolution": "fft"})
 
 
-def test_a_run_by_winograd_learns_and_resumes_exactly(tmp_path, capsys):
+def test_a_run_by_winograd_trains_resumes_exactly_and_exports(tmp_path, capsys):
     args = ["--recipe", "fast", "--synthetic", "--set", "synthetic_train_per_class=12",
             "--set", "synthetic_test_per_class=4", "--batch-size", "24", "--threads", "1",
             "--no-progress", "--set", "width=64", "--set", "convolution=winograd",
@@ -200,6 +200,11 @@ def test_a_run_by_winograd_learns_and_resumes_exactly(tmp_path, capsys):
         n for n, t in a["model"].items() if t.is_floating_point() and not torch.equal(t, first[n])
     ]
     assert any("blocks.1.conv" in n for n in moved)  # the Winograd layers were trained
+
+    # Export traces the library's convolution: the same function as the Winograd one.
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(straight), "--out", str(out), "--check-images", "40"]) == 0
+    assert "argmax agreement 100.00%" in capsys.readouterr().out
 
 
 def test_without_the_native_kernels_every_algorithm_is_the_library(monkeypatch):

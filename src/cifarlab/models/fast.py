@@ -17,7 +17,9 @@ joining as s grows; 1: the plain sum).
 
 Convolutions start as the identity on their first input channels (so a block passes its
 input through at first); BatchNorm weights are frozen at 1 and only their biases train;
-logits are scaled down so the initial predictions are near uniform.
+logits are scaled down so the initial predictions are near uniform. `convolution` says how
+the 3x3 convolutions are computed in float32 on a CPU (direct, winograd or auto:
+models/winograd.py); under bfloat16 autocast they take models/bf16_conv.py's routes.
 """
 
 from __future__ import annotations
