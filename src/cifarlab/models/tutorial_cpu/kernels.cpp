@@ -394,6 +394,15 @@ struct Tiles {
   }
 };
 
+// A tile entry's row of n channels: copied from `in`, or zeros where the tile lies outside.
+inline void copy_or_zero(float* out, const float* in, int64_t n) {
+  if (in) {
+    std::copy(in, in + n, out);
+  } else {
+    std::fill(out, out + n, 0.0f);
+  }
+}
+
 void check_rows(const torch::Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous(),
               what, " must be a contiguous float32 CPU tensor");
@@ -416,13 +425,8 @@ torch::Tensor winograd_input(const torch::Tensor& x) {
       for (int k = 0; k < 6; ++k)
         for (int l = 0; l < 6; ++l) {
           const int64_t y = y0 + k - 1, x1 = x0 + l - 1;  // padding 1
-          float* out = &tile[(k * 6 + l) * C];
-          if (y < 0 || y >= t.H || x1 < 0 || x1 >= t.W) {
-            std::fill(out, out + C, 0.0f);
-          } else {
-            const float* in = xp + ((n * t.H + y) * t.W + x1) * C;
-            std::copy(in, in + C, out);
-          }
+          const bool inside = y >= 0 && y < t.H && x1 >= 0 && x1 < t.W;
+          copy_or_zero(&tile[(k * 6 + l) * C], inside ? xp + ((n * t.H + y) * t.W + x1) * C : nullptr, C);
         }
       left_multiply<6, 6, 6>(kBT, tile.data(), rows.data(), C);  // B^T d
       right_multiply<6, 6, 6>(rows.data(), kBT,  // (B^T d) B, into V's plane a * 6 + b
@@ -477,14 +481,8 @@ torch::Tensor winograd_output_grad(const torch::Tensor& g) {
       t.locate(i, n, y0, x0);
       for (int r = 0; r < 4; ++r)
         for (int j = 0; j < 4; ++j) {
-          const int64_t y = y0 + r, x = x0 + j;
-          float* out = &tile[(r * 4 + j) * O];
-          if (y < H && x < W) {
-            const float* in = gp + ((n * H + y) * W + x) * O;
-            std::copy(in, in + O, out);
-          } else {
-            std::fill(out, out + O, 0.0f);  // the cropped outputs had no gradient
-          }
+          const int64_t y = y0 + r, x = x0 + j;  // the cropped outputs had no gradient
+          copy_or_zero(&tile[(r * 4 + j) * O], y < H && x < W ? gp + ((n * H + y) * W + x) * O : nullptr, O);
         }
       left_multiply<6, 4, 4>(kA, tile.data(), rows.data(), O);  // A g
       right_multiply<6, 4, 6>(rows.data(), kA,  // (A g) A^T, into plane k * 6 + l
