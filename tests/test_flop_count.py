@@ -4,7 +4,7 @@
 import pytest
 
 from cifarlab.config import build_config
-from cifarlab.flops import counted_step_flops, step_flops, training_flops
+from cifarlab.flops import counted_step_flops, step_flops, step_flops_by_module, training_flops
 from cifarlab.recipes import TrainingPlan
 
 
@@ -26,6 +26,23 @@ def test_a_step_counts_the_forward_and_backward_matrix_products():
     whitening = 2 * 31 * 31 * 24 * 3 * 2 * 2
     expected = 8 * (forward + 2 * (forward - whitening))
     assert step == expected
+
+
+@pytest.mark.parametrize("recipe", ["fast-sgd", "fast"])
+def test_a_step_split_by_layer_sums_to_the_step_and_each_layer_is_its_own(recipe):
+    config = build_config(recipe, {"width": 32, "batch_size": 8})
+    plan = _plan(config, 100, 50_000)
+    by_module = step_flops_by_module(config, 0, plan)
+    assert sum(by_module.values()) == step_flops(config, 0, plan)
+    # Block 1's first convolution (24 -> 8 channels at 31 px): forward, input and filter
+    # gradients (the whitening bias still trains at step 0, so the input gradient is needed).
+    assert by_module["blocks.0.conv1"] == 8 * 3 * (2 * 31 * 31 * 8 * 24 * 9)
+    assert by_module["blocks.2.conv2"] == 8 * 3 * (2 * 3 * 3 * 32 * 32 * 9)
+    # The frozen whitening filters, applied in the network's own forward: forward only.
+    assert by_module["(network)"] == 8 * 2 * 31 * 31 * 24 * 3 * 2 * 2
+    assert by_module["head"] == 8 * 3 * (2 * 32 * 10)  # the linear head: the same three
+    # Muon's products on the filters are counted; SGD's element-wise update is not.
+    assert (by_module["optimizer step"] > 0) == (recipe == "fast")
 
 
 @pytest.mark.parametrize("recipe", ["fast-sgd", "fast", "tutorial"])

@@ -27,10 +27,10 @@ from .recipes import TrainingPlan
 COUNTED_BATCHES = (2, 4)  # two points fix the line a + b x batch
 
 
-def counted_step_flops(config: TrainConfig, step: int, plan: TrainingPlan, batch: int,
-                       optimizer_step: bool = True) -> int:  # fmt: skip
-    """FLOPs of training step `step` of `plan`, counted directly at `batch` images (without
-    the optimizer's step if `optimizer_step` is false)."""
+def _counted_step(config: TrainConfig, step: int, plan: TrainingPlan,
+                  batch: int) -> tuple[FlopCounterMode, FlopCounterMode]:  # fmt: skip
+    """Training step `step` of `plan` at `batch` images under two FLOP counters: (forward,
+    loss and backward; the optimizer's step)."""
     recipe = config.recipe.for_flop_count()
     num_classes = dataset_info(config.run.dataset).num_classes
     g = torch.Generator().manual_seed(0)
@@ -45,17 +45,56 @@ def counted_step_flops(config: TrainConfig, step: int, plan: TrainingPlan, batch
         group["lr"] = rate
     recipe.prepare_step(model, step, plan)
     model.train()
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as passes:
         with recipe.autocast(torch.device("cpu")):
             logits = model(x)
         loss, _ = recipe.loss(model, logits.float(), labels)
         loss.backward()
-    passes = counter.get_total_flops()
-    if not optimizer_step:
-        return int(passes)
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as optimizer_step:
         optimizer.step()
-    return int(passes + counter.get_total_flops())
+    return passes, optimizer_step
+
+
+def counted_step_flops(config: TrainConfig, step: int, plan: TrainingPlan, batch: int,
+                       optimizer_step: bool = True) -> int:  # fmt: skip
+    """FLOPs of training step `step` of `plan`, counted directly at `batch` images (without
+    the optimizer's step if `optimizer_step` is false)."""
+    passes, optimizer = _counted_step(config, step, plan, batch)
+    total = passes.get_total_flops()
+    return int(total + optimizer.get_total_flops() if optimizer_step else total)
+
+
+def _own_flops(counter: FlopCounterMode) -> dict[str, int]:
+    """Each module's own FLOPs in `counter` (its count less its children's: "Net.blocks.0"
+    keeps what its forward computed outside its submodules), by module path without the
+    network's class name; "" for what ran outside the network (the loss)."""
+    totals = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    own = dict(totals)
+    for name, total in totals.items():
+        if name != "Global":
+            parent = name.rsplit(".", 1)[0] if "." in name else "Global"
+            own[parent] = own.get(parent, 0) - total
+    named = {}
+    for name, flops in own.items():
+        path = "" if name == "Global" else name.partition(".")[2] or "(network)"
+        if flops:
+            named[path] = flops
+    return named
+
+
+def step_flops_by_module(config: TrainConfig, step: int, plan: TrainingPlan) -> dict[str, int]:
+    """Where training step `step`'s FLOPs go at the plan's global batch: each module's own
+    forward and backward (counted at two small batches and extrapolated, as step_flops),
+    then "optimizer step". The values sum to step_flops."""
+    small, large = COUNTED_BATCHES
+    (a, optimizer), (b, _) = (_counted_step(config, step, plan, n) for n in COUNTED_BATCHES)
+    own_a, own_b = _own_flops(a), _own_flops(b)
+    by_module = {}
+    for name in own_b:
+        per_image = (own_b[name] - own_a.get(name, 0)) // (large - small)
+        by_module[name] = own_a.get(name, 0) + (plan.global_batch_size - small) * per_image
+    by_module["optimizer step"] = int(optimizer.get_total_flops())
+    return by_module
 
 
 def step_flops(config: TrainConfig, step: int, plan: TrainingPlan) -> int:
@@ -63,12 +102,10 @@ def step_flops(config: TrainConfig, step: int, plan: TrainingPlan) -> int:
     forward and backward counted at two small batches and extrapolated, the optimizer's
     step (the same at any batch) counted once."""
     small, large = COUNTED_BATCHES
-    with_step = counted_step_flops(config, step, plan, small)
-    a, b = (
-        counted_step_flops(config, step, plan, n, optimizer_step=False) for n in COUNTED_BATCHES
-    )
-    per_image = (b - a) // (large - small)
-    return with_step + (plan.global_batch_size - small) * per_image
+    (a, optimizer), (b, _) = (_counted_step(config, step, plan, n) for n in COUNTED_BATCHES)
+    per_image = (b.get_total_flops() - a.get_total_flops()) // (large - small)
+    return int(a.get_total_flops() + optimizer.get_total_flops()
+               + (plan.global_batch_size - small) * per_image)  # fmt: skip
 
 
 def image_shape(config: TrainConfig, epoch: int) -> tuple[int, ...]:
