@@ -30,8 +30,10 @@ from cifarlab.run.checkpoint import latest_checkpoint
 from cifarlab.run.trained import open_run
 
 
-def accuracy_with_views(run_dir: Path, views: list[int], batch_size: int) -> dict[int, float]:
-    """{views: accuracy} of the run's newest checkpoint, averaged weights, test set."""
+def accuracy_with_views(run_dir: Path, views: list[int],
+                        batch_size: int) -> tuple[int, dict[int, float]]:  # fmt: skip
+    """(the checkpoint's step, {views: accuracy}) of the run's newest checkpoint, averaged
+    weights, test set."""
     trained = open_run(run_dir)
     images, labels = load_run_split(trained.config.run, run_dir, "test")
     out = {}
@@ -40,7 +42,7 @@ def accuracy_with_views(run_dir: Path, views: list[int], batch_size: int) -> dic
         logits = predict_logits(trained.model, recipe, images, batch_size=batch_size,
                                 device=torch.device("cpu"), tta=True)  # fmt: skip
         out[n] = metrics_from_logits(logits, labels, trained.dataset.num_classes)["precision_at_1"]
-    return out
+    return trained.step, out
 
 
 def main() -> None:
@@ -63,9 +65,8 @@ def main() -> None:
     differences = []
     for run_dir in seeds:
         started = time.perf_counter()
-        accuracy = accuracy_with_views(run_dir, [a, b], args.batch_size)
+        step, accuracy = accuracy_with_views(run_dir, [a, b], args.batch_size)
         differences.append(100 * (accuracy[b] - accuracy[a]))
-        step = int(latest_checkpoint(run_dir).stem.split("-")[1])
         print(f"| {run_dir.name.split('-')[1]} | {step} | {accuracy[a]:.2%} | {accuracy[b]:.2%} "
               f"| {differences[-1]:+.2f} | {time.perf_counter() - started:.0f} |",
               flush=True)  # fmt: skip

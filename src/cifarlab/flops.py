@@ -55,13 +55,11 @@ def _counted_step(config: TrainConfig, step: int, plan: TrainingPlan,
     return passes, optimizer_step
 
 
-def counted_step_flops(config: TrainConfig, step: int, plan: TrainingPlan, batch: int,
-                       optimizer_step: bool = True) -> int:  # fmt: skip
-    """FLOPs of training step `step` of `plan`, counted directly at `batch` images (without
-    the optimizer's step if `optimizer_step` is false)."""
+def counted_step_flops(config: TrainConfig, step: int, plan: TrainingPlan, batch: int) -> int:
+    """FLOPs of training step `step` of `plan`, optimizer's step included, counted directly
+    at `batch` images (the check on step_flops' extrapolation)."""
     passes, optimizer = _counted_step(config, step, plan, batch)
-    total = passes.get_total_flops()
-    return int(total + optimizer.get_total_flops() if optimizer_step else total)
+    return int(passes.get_total_flops() + optimizer.get_total_flops())
 
 
 def _own_flops(counter: FlopCounterMode) -> dict[str, int]:
