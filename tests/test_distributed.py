@@ -68,11 +68,17 @@ def test_two_ranks_of_16_equal_one_process_of_32(tmp_path):
                     "--batch-size", "32", "--threads", "1"], check=True, capture_output=True)  # fmt: skip
     two = load_checkpoint(tmp_path / "two" / "ckpt-00000006.pt")
     one = load_checkpoint(tmp_path / "one" / "ckpt-00000006.pt")
-    for name, w in one["model"].items():
-        torch.testing.assert_close(two["model"][name], w, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(two["average"][name], one["average"][name], rtol=1e-4, atol=1e-5)
     torch.manual_seed(0)
     initial = TutorialNet().state_dict()
+    # Rounding differs (two sums of 16 against one of 32) and grows from step to step where a
+    # ReLU or a max-pool's choice flips on the tiny synthetic images: on EPYC Zen 4 the two
+    # agree to 4e-6 of the training's movement after one step, 0.5% after six. So each
+    # tensor's difference is measured against how far training moved it; a wrong shard or an
+    # unaveraged gradient differs by the order of the movement itself.
+    for kind in ("model", "average"):
+        for name, w in one[kind].items():
+            moved = (w - initial[name]).norm()
+            assert (two[kind][name] - w).norm() < 0.02 * moved, (kind, name)
     assert not torch.allclose(
         initial["local3.weight"], one["model"]["local3.weight"]
     )  # it did train
