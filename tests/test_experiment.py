@@ -16,7 +16,8 @@ import torch
 from scipy import stats
 
 from cifarlab.experiment.results import seeds_for_power, summary
-from cifarlab.run.checkpoint import load_checkpoint
+from cifarlab.machine import cpu_kind
+from cifarlab.run.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +68,9 @@ def test_a_killed_experiment_reruns_to_the_same_results_retraining_nothing_finis
     assert "seed 0: finished before, skipped" in rerun.stdout
     assert (killed / "seed-0" / "result.json").stat().st_mtime_ns == seed0  # not retrained
     assert "resuming" in (killed / "seed-1.log").read_text()  # from its checkpoint
+    history = json.loads((killed / "seed-1" / "result.json").read_text())["history"]
+    resumed_at = history[1]["from_step"]
+    assert 4 <= resumed_at < 12
     a, b = (
         last_json(ok(cli("experiment", "show", straight, "--json"))),
         last_json(ok(cli("experiment", "show", killed, "--json"))),
@@ -90,6 +94,9 @@ def test_a_killed_experiment_reruns_to_the_same_results_retraining_nothing_finis
     )
     assert (a["min"], a["max"]) == (min(accuracy), max(accuracy))
     assert all(s["finished"] and s["seconds"] > 0 and s["flops"] > 0 for s in a["seeds"])
+    # where each seed trained: one machine and arithmetic for all; the killed seed resumed
+    assert len(a["setups"]) == 1 and a["setups"] == b["setups"]
+    assert [s["resumed_at"] for s in b["seeds"]] == [[], [resumed_at], []]
     # each seed is an ordinary run directory: eval works on it
     assert (
         last_json(ok(cli("eval", straight / "seed-2", "--tta", "--json")))["precision_at_1"]
@@ -129,7 +136,7 @@ def test_plan_writes_commands_any_scheduler_runs_and_show_reads_what_finished(tm
     result = last_json(shown)
     assert result["n"] == 2 and result["unfinished"] == [5]
     assert [s["finished"] for s in result["seeds"]] == [True, True, False]
-    assert "| 5 | | | | not started |" in shown.stdout
+    assert "| 5 | | | | | not started |" in shown.stdout
     one_line_error(
         cli("experiment", "plan", exp, "--seeds", "0", *TINY, "--budget", "1"),
         "--budget times this machine",
@@ -165,6 +172,8 @@ def test_compare_tells_a_real_difference_from_none(tmp_path):
     same = last_json(ok(cli("experiment", "compare", short, again, "--json", "--png", png)))
     assert same["ci95"][0] <= 0 <= same["ci95"][1] and same["p_value"] > 0.05
     assert same["n_a"] == same["n_b"] == 4
+    # each side names where its seeds trained: here both on this machine, in float32
+    assert result["setups_a"] == result["setups_b"] == [f"{cpu_kind()}, 1 thread; float32"]
 
     # Welch's test, computed here from its formula, agrees with compare's
     a, b = (
@@ -249,3 +258,38 @@ def test_sigterm_stops_the_running_seed_at_a_checkpoint_and_the_rerun_goes_on(tm
     rerun = ok(cli(*args))
     assert f"resuming {exp.resolve() / 'seed-0'}" in (exp / "seed-0.log").read_text()
     assert "n 2, mean" in rerun.stdout
+
+
+def test_show_names_where_each_seed_trained_and_a_run_moved_to_another_machine(tmp_path):
+    """A run continued on another machine (here: its checkpoint's history says so, as it
+    would after copying the run directory) says so when it continues, records both in its
+    result, and `show` keeps the two setups apart."""
+    exp = tmp_path / "exp"
+    args = ["experiment", "run", exp, "--seeds", "0-1", *TINY, "--max-steps", "12"]
+    ok(cli(*args))
+    first = json.loads((exp / "seed-0" / "result.json").read_text())
+    assert first["history"] == [{"from_step": 0, "ran_on": f"{cpu_kind()}, 1 thread",
+                                 "arithmetic": "float32"}]  # fmt: skip
+    # seed 0 back to step 8, as if trained that far on another machine in bfloat16
+    run = exp / "seed-0"
+    state = load_checkpoint(run / "ckpt-00000008.pt")
+    elsewhere = {"from_step": 0, "ran_on": "Other CPU (family 6 model 1; avx2), 2 threads",
+                 "arithmetic": "bfloat16"}  # fmt: skip
+    save_checkpoint(run, 8, {**state, "history": [elsewhere]}, keep=100)
+    for step, path in list_checkpoints(run):
+        if step > 8:
+            path.unlink()
+    (run / "result.json").unlink()
+    rerun = ok(cli(*args))
+    log = (exp / "seed-0.log").read_text()
+    assert (f"steps 0-8 ran on {elsewhere['ran_on']} in bfloat16; from step 8 on: {cpu_kind()}, "
+            "1 thread in float32") in log  # fmt: skip
+    history = json.loads((run / "result.json").read_text())["history"]
+    assert history == [elsewhere, {**first["history"][0], "from_step": 8}]
+    shown = last_json(ok(cli("experiment", "show", exp, "--json")))
+    here = f"{cpu_kind()}, 1 thread; float32"
+    assert shown["setups"] == [f"{elsewhere['ran_on']}; bfloat16", here]
+    assert [s["setups"] for s in shown["seeds"]] == [shown["setups"], [here]]
+    assert [s["resumed_at"] for s in shown["seeds"]] == [[8], []]
+    assert "| A, B | finished, resumed at step 8 |" in rerun.stdout
+    assert "the seeds trained on 2 machines or arithmetics" in rerun.stdout

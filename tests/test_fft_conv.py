@@ -3,6 +3,7 @@ kernels.cpp) computes conv2d: output, input, filter and bias gradients against f
 in either input layout, for batches that split unevenly over the threads; and PyTorch's
 convolution serves wherever it does not."""
 
+import dataclasses
 import shutil
 
 import pytest
@@ -103,3 +104,18 @@ def test_the_kernel_refuses_what_it_cannot_convolve():
         kernels.fft_conv(x, torch.randn(6, 3, 5, 5), None, 2)
     with pytest.raises(RuntimeError, match="at most 16x16"):
         kernels.fft_conv(x, weight, None, 5)
+
+
+@needs_kernels
+def test_the_tutorials_arithmetic_names_the_route_its_conv2_takes(monkeypatch):
+    from cifarlab.recipes import get_recipe
+
+    cpu = torch.device("cpu")
+    tutorial = get_recipe("tutorial")
+    tutorial.prepare_device(cpu)
+    assert tutorial.arithmetic(cpu) == "float32, conv2 by Fourier transform (timed faster here)"
+    monkeypatch.setenv("CIFARLAB_FFT_CONV", "0")
+    assert tutorial.arithmetic(cpu) == "float32"
+    monkeypatch.setenv("CIFARLAB_FFT_CONV", "1")
+    reference = get_recipe("tutorial", dataclasses.replace(tutorial.params, fast_path=False))
+    assert reference.arithmetic(cpu) == "float32"  # the straightforward network: oneDNN's

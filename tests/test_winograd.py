@@ -180,6 +180,26 @@ def test_the_setting_changes_the_arithmetic_not_the_flop_count():
         build_config("fast", {"convolution": "fft"})
 
 
+def test_each_setting_says_its_arithmetic_as_results_record_it():
+    cpu = torch.device("cpu")
+
+    def arithmetic(**settings) -> str:
+        recipe = build_config("fast", {"width": 32, **settings}).recipe
+        recipe.prepare_device(cpu)  # auto: every shape timed here, as before training
+        return recipe.arithmetic(cpu)
+
+    assert arithmetic() == "float32"
+    every = "float32, Winograd for every 3x3 convolution it serves"
+    assert arithmetic(convolution="winograd") == every
+    assert winograd.routes_used() == {}  # winograd does not time; auto times every shape
+    said = arithmetic(convolution="auto")
+    used = winograd.routes_used()
+    chosen = [f"{c}->{o} at {h}x{w}" for (c, o, h, w), fast in sorted(used.items()) if fast]
+    assert len(used) == 5 and said.startswith(f"float32, Winograd for {len(chosen)} of 5 ")
+    assert all(shape in said for shape in chosen)
+    assert arithmetic(precision="bfloat16", convolution="auto") == "bfloat16"
+
+
 def test_a_run_by_winograd_trains_resumes_exactly_and_exports(tmp_path, capsys):
     args = ["--recipe", "fast", "--synthetic", "--set", "synthetic_train_per_class=12",
             "--set", "synthetic_test_per_class=4", "--batch-size", "24", "--threads", "1",
@@ -200,6 +220,9 @@ def test_a_run_by_winograd_trains_resumes_exactly_and_exports(tmp_path, capsys):
         n for n, t in a["model"].items() if t.is_floating_point() and not torch.equal(t, first[n])
     ]
     assert any("blocks.1.conv" in n for n in moved)  # the Winograd layers were trained
+    for run in (straight, resumed):  # the result says how it was computed
+        (entry,) = json.loads((run / "result.json").read_text())["history"][-1:]
+        assert entry["arithmetic"] == "float32, Winograd for every 3x3 convolution it serves"
 
     # Export traces the library's convolution: the same function as the Winograd one.
     out = tmp_path / "model.onnx"
@@ -217,3 +240,7 @@ def test_without_the_native_kernels_every_algorithm_is_the_library(monkeypatch):
         assert not winograd.serves(x, layer)
         assert torch.equal(layer(x), F.conv2d(x, layer.weight, padding=1)), algorithm
     assert winograd.routes_used() == {}  # nothing was timed
+    recipe = build_config("fast", {"convolution": "auto"}).recipe
+    assert recipe.arithmetic(torch.device("cpu")) == (
+        "float32, direct convolutions (the Winograd kernels are not built here)"
+    )

@@ -36,6 +36,41 @@ def cpu_description() -> str:
     return described
 
 
+# The instruction sets that decide which route is fastest here (BENCHMARKS.md, "Machines"
+# names CPU kinds by them): AVX2 alone, AVX-512, bfloat16 multiplies, Intel's AMX tiles.
+KIND_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+
+
+def cpu_kind() -> str:
+    """The CPU's name with what tells its kinds apart: family, model and the instruction
+    sets of KIND_FLAGS, e.g. "AMD EPYC (family 25 model 17; avx2 avx512f avx512_bf16)".
+    Two CPUs of one name (`lscpu` says "AMD EPYC" for three of our kinds) differ here."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if key.strip() == "flags":
+                break  # the first processor's entries are enough
+    except OSError:
+        return cpu_name()
+    flags = set(fields.get("flags", "").split())
+    named = " ".join(flag for flag in KIND_FLAGS if flag in flags) or "no AVX2"
+    family, model = fields.get("cpu family"), fields.get("model")
+    where = f"family {family} model {model}; " if family and model else ""
+    return f"{cpu_name()} ({where}{named})"
+
+
+def ran_on(device: torch.device, world_size: int = 1) -> str:
+    """Where a run trained, as a result records it: the CPU kind and its threads, or the
+    CUDA device and how many processes shared the work."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} x {world_size}"
+    threads = torch.get_num_threads()
+    processes = f", {world_size} processes" if world_size > 1 else ""
+    return f"{cpu_kind()}, {threads} thread{'s' if threads > 1 else ''}{processes}"
+
+
 def code_version() -> str:
     """Which code ran: `git describe --always --dirty` of the checkout cifarlab runs from,
     else the package's version (an installed copy)."""

@@ -130,15 +130,25 @@ def _print_show(exp_dir: Path, as_json: bool) -> dict:
     from .results import show
 
     out = show(exp_dir)
+    letters = {setup: chr(ord("A") + i) if i < 26 else str(i + 1)
+               for i, setup in enumerate(out["setups"])}  # fmt: skip
     print(f"{exp_dir}")
-    print("| seed | accuracy | seconds | training FLOPs | state |\n|---:|---:|---:|---:|---|")
+    print("| seed | accuracy | seconds | training FLOPs | ran on | state |\n"
+          "|---:|---:|---:|---:|---|---|")  # fmt: skip
     for r in out["seeds"]:
         if r["finished"]:
-            print(
-                f"| {r['seed']} | {r['accuracy']:.2%} | {r['seconds']:.0f} | {r['flops']:.3g} | finished |"
-            )
+            where = ", ".join(letters[setup] for setup in r["setups"])
+            resumed = ", ".join(map(str, r["resumed_at"]))
+            state = f"finished, resumed at step {resumed}" if resumed else "finished"
+            print(f"| {r['seed']} | {r['accuracy']:.2%} | {r['seconds']:.0f} | {r['flops']:.3g} "
+                  f"| {where} | {state} |")  # fmt: skip
         else:
-            print(f"| {r['seed']} | | | | {r['state']} |")
+            print(f"| {r['seed']} | | | | | {r['state']} |")
+    for setup, letter in letters.items():
+        print(f"{letter}: {setup}")
+    if len(letters) > 1:
+        print(f"the seeds trained on {len(letters)} machines or arithmetics (A-{letter}): "
+              "their seconds are not one machine's, and the median mixes them")  # fmt: skip
     if out["n"]:
         line = f"n {out['n']}, mean {out['mean']:.2%}"
         if out["n"] > 1:
@@ -172,8 +182,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     png = Path(args.png) if args.png else Path(f"compare-{names[0]}-vs-{names[1]}.png")
     plot_comparison(result, png, names)
     low, high = result["ci95"]
-    print(f"A {a}: n {result['n_a']}, mean {result['mean_a']:.2%}")
-    print(f"B {b}: n {result['n_b']}, mean {result['mean_b']:.2%}")
+    for side, path in (("a", a), ("b", b)):
+        print(f"{side.upper()} {path}: n {result[f'n_{side}']}, mean {result[f'mean_{side}']:.2%}; "
+              f"trained on {' | '.join(result[f'setups_{side}'])}")  # fmt: skip
     print(f"B - A: {100 * result['difference']:+.2f} points, 95% interval [{100 * low:+.2f}, {100 * high:+.2f}], "
           f"Welch's p = {result['p_value']:.3g}")  # fmt: skip
     need = result["seeds_for_power"]

@@ -17,14 +17,31 @@ POWER = 0.8
 
 
 def seed_result(run_dir: Path) -> dict | None:
-    """{accuracy, seconds, flops, ...} of a finished run directory, else None."""
+    """{accuracy, seconds, flops, ..., setups, resumed_at} of a finished run directory, else
+    None. `setups`: where and in what arithmetic it trained, one per kind of command."""
     record = read_result(run_dir)
     try:
         return {"accuracy": float(record["precision_at_1"]), "seconds": float(record["seconds"]),
                 "flops": float(record["training_flops"]), "step": int(record["step"]),
-                "tta": bool(record.get("tta", False))}  # fmt: skip
+                "tta": bool(record.get("tta", False)), **_where_trained(record)}  # fmt: skip
     except (ValueError, KeyError, TypeError):  # no record (None), or not one of ours
         return None
+
+
+def _where_trained(record: dict) -> dict:
+    """The distinct "machine; arithmetic" of the commands that trained a run, and the steps
+    it was resumed at. Results written before the history was kept name only the CPU."""
+    history = record.get("history")
+    if not history:
+        threads = f", {record['threads']} threads" if record.get("threads") else ""
+        return {"setups": [f"{record.get('cpu', 'machine not recorded')}{threads}; "
+                           "arithmetic not recorded"], "resumed_at": []}  # fmt: skip
+    setups = []
+    for entry in history:
+        setup = f"{entry['ran_on']}; {entry['arithmetic']}"
+        if setup not in setups:
+            setups.append(setup)
+    return {"setups": setups, "resumed_at": [int(entry["from_step"]) for entry in history[1:]]}
 
 
 def seed_state(run_dir: Path) -> str:
@@ -94,6 +111,9 @@ def show(exp_dir: Path) -> dict:
     out["median_seconds"] = _median([r["seconds"] for r in finished])
     flops = {r["flops"] for r in finished}
     out["flops"] = flops.pop() if len(flops) == 1 else None
+    # Every machine and arithmetic the finished seeds trained on: more than one, and their
+    # seconds measure different machines (and their accuracies, possibly, other arithmetic).
+    out["setups"] = list(dict.fromkeys(setup for r in finished for setup in r["setups"]))
     return out
 
 
@@ -135,14 +155,15 @@ def compare(exp_a: Path, exp_b: Path) -> dict:
     the seeds each side would need to detect a difference of the observed size."""
     from scipy import stats
 
-    sides = {}
+    sides, setups = {}, {}
     for name, path in (("a", exp_a), ("b", exp_b)):
-        values = [r["accuracy"] for r in collect(path) if r["finished"]]
-        if len(values) < 2:
+        finished = [r for r in collect(path) if r["finished"]]
+        if len(finished) < 2:
             raise ConfigError(
-                f"{path}: {len(values)} finished seed(s); a comparison needs at least 2 a side"
+                f"{path}: {len(finished)} finished seed(s); a comparison needs at least 2 a side"
             )
-        sides[name] = values
+        sides[name] = [r["accuracy"] for r in finished]
+        setups[name] = list(dict.fromkeys(setup for r in finished for setup in r["setups"]))
     a, b = sides["a"], sides["b"]
     sa, sb = summary(a), summary(b)
     difference = sb["mean"] - sa["mean"]
@@ -156,5 +177,6 @@ def compare(exp_a: Path, exp_b: Path) -> dict:
     return {"a": str(exp_a), "b": str(exp_b), "n_a": len(a), "n_b": len(b),
             "mean_a": sa["mean"], "mean_b": sb["mean"], "std_a": sa["std"], "std_b": sb["std"],
             "ci95_a": sa["ci95"], "ci95_b": sb["ci95"], "values_a": a, "values_b": b,
+            "setups_a": setups["a"], "setups_b": setups["b"],
             "difference": difference, "ci95": ci, "p_value": p_value,
             "seeds_for_power": seeds_for_power(difference, sa["std"], sb["std"])}  # fmt: skip

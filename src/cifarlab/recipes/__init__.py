@@ -20,6 +20,7 @@ default, unit, why) and a `Recipe` subclass registered by name. It provides:
   compute_dtype(device)                      autocast dtype, or None for float32
   prepare_device(device)                     one-off work before the model first runs on
                                              device (building kernels, timing routes)
+  arithmetic(device)                         in words: the dtype and the routes chosen
   activation_points(model)                   {summary tag: module whose output is that
                                              layer's activation}, for TensorBoard
 
@@ -114,6 +115,13 @@ class Recipe:
 
     def compute_dtype(self, device: torch.device) -> torch.dtype | None:
         return None
+
+    def arithmetic(self, device: torch.device) -> str:
+        """How the network is computed on `device`, in words, once prepare_device has chosen
+        the routes: "float32", "bfloat16", and any faster route taken for the same function.
+        Each result records it (result.json, history)."""
+        dtype = self.compute_dtype(device)
+        return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
     def prepare_device(self, device: torch.device) -> None:
         """One-off work this process needs done before the model runs on `device` (compiling

@@ -461,6 +461,16 @@ class FastSGD(Recipe):
             self._settle_convolutions()  # convolution=auto: each shape timed, before any clock
             self.compute_dtype(device)  # precision=auto settled (timed) the same way
 
+    def arithmetic(self, device: torch.device) -> str:
+        arithmetic = super().arithmetic(device)
+        if arithmetic != "float32" or device.type != "cpu" or self.params.convolution == "direct":
+            return arithmetic
+        if not winograd.available():
+            return f"{arithmetic}, direct convolutions (the Winograd kernels are not built here)"
+        if self.params.convolution == "winograd":
+            return f"{arithmetic}, Winograd for every 3x3 convolution it serves"
+        return f"{arithmetic}, {winograd.choices_line()}"
+
     def _settle_convolutions(self) -> None:
         """convolution=auto: one float32 forward and backward of a tiny batch at each image
         size the run trains on, so that every convolution shape is timed both ways

@@ -65,6 +65,14 @@ class Tutorial(Recipe):
 
             conv2_choice.prepare()  # the native kernels built, conv2's route timed
 
+    def arithmetic(self, device: torch.device) -> str:
+        if self.params.fast_path and device.type == "cpu":
+            from ..models.tutorial_cpu import conv2_choice
+
+            if conv2_choice.by_fourier():
+                return "float32, conv2 by Fourier transform (timed faster here)"
+        return "float32"
+
     def build_model(self, num_classes: int, train_images: torch.Tensor | None) -> nn.Module:
         model = TutorialNet(num_classes, fast=self.params.fast_path)
         return model.to(memory_format=torch.channels_last) if self.params.fast_path else model

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from ..data.layout import dataset_info
 from ..data.loader import SelectionStateError, TrainBatches
 from ..errors import CifarlabError, ConfigError
 from ..evaluate import evaluate_model
+from ..machine import ran_on
 from ..recipes import Recipe, TrainingPlan
 from ..run.checkpoint import (
     CheckpointError,
@@ -77,6 +78,9 @@ class TrainingState:
     plan: TrainingPlan  # what schedules are functions of, besides the step
     seconds_before: float = 0.0  # wall time of earlier commands, up to the checkpoint resumed
     clock_start: float = 0.0  # perf_counter() when this command began
+    # One entry per command that trained this run: {from_step, ran_on, arithmetic}, so a
+    # result says where and how it was computed, and whether it was resumed.
+    history: list[dict] = field(default_factory=list)
 
     def seconds(self) -> float:
         """Wall time the run has cost so far: earlier commands (up to the checkpoint this one
@@ -89,7 +93,7 @@ class TrainingState:
             "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(),
             "average": self.average.state_dict() if self.average is not None else None,
             "loss_average": self.loss_average.state_dict(), "world_size": world_size,
-            "config": config.to_dict(), "seconds": self.seconds(),
+            "config": config.to_dict(), "seconds": self.seconds(), "history": self.history,
         }  # fmt: skip
 
     def restore(self, state: dict, world_size: int, run_dir: Path) -> None:
@@ -117,6 +121,21 @@ class TrainingState:
             self.average.load_state_dict(saved_average(state, run_dir))
         self.step = int(state["step"])
         self.seconds_before = float(state.get("seconds", 0.0))  # absent before it was saved
+        # absent before it was saved: the commands up to this checkpoint are not known
+        self.history = list(state.get("history") or [{"from_step": 0, "ran_on": "not recorded",
+                                                      "arithmetic": "not recorded"}])  # fmt: skip
+
+    def continue_here(self, ran_on: str, arithmetic: str) -> str | None:
+        """Record this command in the history; a sentence for the user when it trains on
+        another kind of machine or in other arithmetic than the command before."""
+        entry = {"from_step": self.step, "ran_on": ran_on, "arithmetic": arithmetic}
+        before = self.history[-1] if self.history else None
+        self.history.append(entry)
+        if before is None or (before["ran_on"], before["arithmetic"]) == (ran_on, arithmetic):
+            return None
+        return (f"steps {before['from_step']}-{self.step} ran on {before['ran_on']} in "
+                f"{before['arithmetic']}; from step {self.step} on: {ran_on} in {arithmetic}. "
+                "The result records both (result.json, history)")  # fmt: skip
 
 
 def check_optimizer_shapes(optimizer: torch.optim.Optimizer, run_dir: Path) -> None:
@@ -267,10 +286,12 @@ def _train(
     state.clock_start = clock_start
     if start.state is not None:
         state.restore(start.state, placement.world_size, run_dir)
+    arithmetic = recipe.arithmetic(placement.device)
+    changed = state.continue_here(ran_on(placement.device, placement.world_size), arithmetic)
     batches, plan = state.batches, state.plan
     report = Reporter(run, run_dir, state, is_main=is_main, progress=progress,
                       activation_points=recipe.activation_points(state.model))  # fmt: skip
-    for note in start.notes:
+    for note in start.notes + ([changed] if changed else []):
         report.console(note)
     if start.checkpoint_name is not None:
         report.console(f"resuming {run_dir} from {start.checkpoint_name} (step {state.step})")
@@ -279,7 +300,8 @@ def _train(
     report.console(f"training {config.recipe_spec} on {info.title}{' (synthetic)' if run.synthetic else ''}: "
                    f"{train_images.shape[0]:,} images, batch {batches.global_batch_size} "
                    f"({placement.world_size} x {batches.batch_size}), {run.max_steps:,} steps, "
-                   f"device {placement.device}, {torch.get_num_threads()} CPU threads, run dir {run_dir}")  # fmt: skip
+                   f"device {placement.device} in {arithmetic}, {torch.get_num_threads()} CPU threads, "
+                   f"run dir {run_dir}")  # fmt: skip
     del start
     if is_main:
         write_status(run_dir, "running", state.step, run.max_steps)
@@ -340,7 +362,8 @@ def result_record(
     config: TrainConfig, state: TrainingState, evaluation: dict, world_size: int
 ) -> dict:
     """What result.json holds (run/result.py): the final evaluation, the wall time from the
-    command to it, the training FLOPs (cifarlab/flops.py), where it ran."""
+    command to it, the training FLOPs (cifarlab/flops.py), where and in what arithmetic it
+    ran (`history`: one entry per command, more than one when resumed)."""
     from ..flops import training_flops
     from ..machine import code_version, cpu_name
 
@@ -354,7 +377,7 @@ def result_record(
         "step_flops": flops["step_flops"], "world_size": world_size, "recipe": config.recipe_spec,
         "recipe_sha256": config.source.sha256, "torch": torch.__version__,
         "machine": platform.node(), "cpu": cpu_name(), "threads": torch.get_num_threads(),
-        "code": code_version(),
+        "code": code_version(), "history": state.history,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }  # fmt: skip
 
