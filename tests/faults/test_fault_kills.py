@@ -47,7 +47,9 @@ RECIPES = {
 CHOSEN = [("start", None), ("step", 8), ("checkpoint", 10), ("step", 11), ("step", 16),
           ("checkpoint", STEPS)]  # fmt: skip
 ORDER = {"start": 0, "step": 1, "checkpoint": 2}  # at one step: forward, then the checkpoint
-NOT_COMPARED = {"seconds", "config", DIGEST_KEY}  # wall time; the run directory's own path
+# wall time; the run directory's own path; which commands trained it (more after kills:
+# checked on its own below)
+NOT_COMPARED = {"seconds", "config", "history", DIGEST_KEY}
 
 
 def _random_plan(rng: random.Random, kills: int = 3) -> list[tuple[str, int | None]]:
@@ -163,6 +165,12 @@ def _run_all(processes: int, recipe: str, tmp_path: Path) -> None:
         differ = _differences(reference, final)
         assert not differ, f"trial {trial} ({plan}) differs from the straight run in {differ[:5]}"
         assert final["step"] == STEPS and "data" in final
+        # every command that trained it ran here, as the straight run did, each from a step
+        # at or past the previous one's
+        (only,) = reference["history"]
+        starts = [entry["from_step"] for entry in final["history"]]
+        assert starts[0] == 0 and starts == sorted(starts), final["history"]
+        assert all({**entry, "from_step": 0} == only for entry in final["history"])
     print(f"\n{recipe}, {processes} process(es): {len(plans)} runs, "
           f"{sum(len(p) for p in plans)} SIGKILLs each where aimed, every checkpoint readable, "
           "every final state bit-identical to the straight run's")  # fmt: skip
