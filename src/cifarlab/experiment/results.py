@@ -102,6 +102,11 @@ def summary(values: list[float]) -> dict:
     return {"n": n, "mean": mean, "std": std, "min": min(values), "max": max(values), "ci95": ci}
 
 
+def setups_of(finished: list[dict]) -> list[str]:
+    """Every "machine; arithmetic" these finished seeds trained on, in order of appearance."""
+    return list(dict.fromkeys(setup for r in finished for setup in r["setups"]))
+
+
 def show(exp_dir: Path) -> dict:
     rows = collect(exp_dir)
     finished = [r for r in rows if r["finished"]]
@@ -113,7 +118,7 @@ def show(exp_dir: Path) -> dict:
     out["flops"] = flops.pop() if len(flops) == 1 else None
     # Every machine and arithmetic the finished seeds trained on: more than one, and their
     # seconds measure different machines (and their accuracies, possibly, other arithmetic).
-    out["setups"] = list(dict.fromkeys(setup for r in finished for setup in r["setups"]))
+    out["setups"] = setups_of(finished)
     return out
 
 
@@ -163,7 +168,7 @@ def compare(exp_a: Path, exp_b: Path) -> dict:
                 f"{path}: {len(finished)} finished seed(s); a comparison needs at least 2 a side"
             )
         sides[name] = [r["accuracy"] for r in finished]
-        setups[name] = list(dict.fromkeys(setup for r in finished for setup in r["setups"]))
+        setups[name] = setups_of(finished)
     a, b = sides["a"], sides["b"]
     sa, sb = summary(a), summary(b)
     difference = sb["mean"] - sa["mean"]
