@@ -14,10 +14,10 @@ fp32 matrix-product peak it reaches, measured in one run:
 3. a torch.profiler table of one more step: self CPU time by operator family, and each
    convolution layer's forward and backward by its input shapes, with the algorithm each
    ran (the library's direct convolution, a bfloat16 filter-gradient route, or Winograd).
-With --against, the same for the recipe with those settings changed, in the same run, and
-how many times as fast its step is (`--against precision=bfloat16`: the plain float32
-path beside the bfloat16 one; `--against convolution=auto`: beside Winograd where it was
-timed faster).
+The recipe runs in float32 unless --set precision=... says otherwise. With --against, the
+same for the recipe with those settings changed, in the same run, and how many times as
+fast its step is (`--against precision=bfloat16`: the plain float32 path beside the
+bfloat16 one; `--against convolution=auto`: beside Winograd where it was timed faster).
 Run it on a quiet machine: anything else running halves the figures.
 """
 
@@ -76,8 +76,10 @@ def main() -> None:
     peak = matmul_peak_gflops(torch.device("cpu"))
     print(f"device: {device_name(torch.device('cpu'))}; torch {torch.__version__}; "
           f"fp32 matmul peak {peak:,.0f} GFLOP/s")  # fmt: skip
-    base = parse_set(args.set)
-    variants = [(" ".join(args.set) or "its defaults", base)]
+    # The first path is the plain one unless --set says otherwise: float32, whatever the
+    # recipe's default (fast's precision=auto would be bfloat16 on some CPUs).
+    base = {"precision": "float32", **parse_set(args.set)}
+    variants = [(" ".join(f"{k}={v}" for k, v in base.items()), base)]
     if args.against:
         variants.append((" ".join(args.against), {**base, **parse_set(args.against)}))
     results = [measure(args, label, overrides, peak) for label, overrides in variants]

@@ -3,7 +3,8 @@
 Alternates plain and profiled steps of a recipe (the profiler as fast_step_profile.py runs
 it, shapes recorded) and prints for each its wall time, the minor page faults it took and
 the self time the profile gives `fill_`; then times zeroing the max-pool gradient's two
-largest buffers alone, for comparison. BENCHMARKS.md, "bfloat16 on the CPU", cites it.
+largest buffers alone, for comparison. In float32 unless --set precision=... says otherwise.
+BENCHMARKS.md, "bfloat16 on the CPU", cites it.
 
   python benchmarks/profiled_step_faults.py --recipe fast --batch-size 2000 --rounds 4 \\
       --set precision=bfloat16
@@ -33,7 +34,9 @@ def main() -> None:
     from cifarlab.train.loop import apply_step, forward_step
 
     configure_allocator()  # as the CLI does
-    overrides = {**parse_set(args.set), "batch_size": args.batch_size, "max_steps": 10**6}
+    # float32 unless --set precision=... (fast's default, auto, depends on the CPU)
+    overrides = {"precision": "float32", **parse_set(args.set), "batch_size": args.batch_size,
+                 "max_steps": 10**6}  # fmt: skip
     config, recipe, _, state = training_state(args.recipe, overrides, seed=0, device="cpu")
     state.step = config.run.max_steps // 2  # mid-run, as fast_step_profile.py measures
 

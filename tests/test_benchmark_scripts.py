@@ -29,7 +29,8 @@ def test_fast_step_profile_reports_both_paths_layer_by_layer(against):
     ).stdout  # fmt: skip
     plain, routed = out.split("\n## fast, ")[1:]
     dtype, routes = ROUTED[against]
-    assert plain.startswith("width=32 (torch.float32 arithmetic)")
+    # the first path is the plain one: float32, whatever the recipe's default
+    assert plain.startswith("precision=float32 width=32 (torch.float32 arithmetic)")
     assert routed.startswith(f"{against} ({dtype} arithmetic)")
     steps = [float(re.search(r"^step ([\d.]+) s", part, re.M).group(1)) for part in (plain, routed)]
     for part, algorithms in ((plain, {"direct"}), (routed, routes)):
@@ -41,7 +42,7 @@ def test_fast_step_profile_reports_both_paths_layer_by_layer(against):
         assert all(r.rsplit("|", 2)[1].strip() in algorithms for r in three_by_three), part
         # direct GFLOP of block 1's first convolution: 2 x 8 x 31 x 31 x 8 x 24 x 9 / 1e9
         assert "| [8, 24, 31, 31], [8, 24, 3, 3] | 0.0 |" in part
-    ratio = float(re.search(r"step ([\d.]+)x as fast as width=32", out).group(1))
+    ratio = float(re.search(r"step ([\d.]+)x as fast as precision=float32 width=32", out).group(1))
     # the steps are printed to 0.01 s: the ratio lies within what that rounding allows
     low, high = (steps[0] - 0.005) / (steps[1] + 0.005), (steps[0] + 0.005) / (steps[1] - 0.005)
     assert low - 0.005 <= ratio <= high + 0.005

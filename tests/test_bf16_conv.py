@@ -150,6 +150,22 @@ def test_a_verdict_is_measured_once_per_machine_and_key_and_kept(tmp_path):
     assert timed_choice.remembered("probe", {"shape": [1, 2]}, measure)["n"] == 3
 
 
+def test_measuring_a_verdict_leaves_the_global_generator_where_it_was(tmp_path):
+    # A run seeds, then chooses its routes (timing builds and runs a network when nothing is
+    # cached), then draws its initial weights: the same weights whether it timed or read.
+    def measure():
+        torch.nn.Linear(64, 64)  # a network built to be timed draws its weights
+        return {"draws": torch.rand(3).tolist()}
+
+    torch.manual_seed(7)
+    timed_choice.remembered("probe-rng", {}, measure)  # measured here
+    after_measuring = torch.rand(4)
+    timed_choice.forget()
+    torch.manual_seed(7)
+    timed_choice.remembered("probe-rng", {}, measure)  # read from the cache
+    assert torch.equal(torch.rand(4), after_measuring)
+
+
 def test_the_route_timing_settles_each_shape_once(tmp_path):
     route = bf16_conv.weight_grad_route(8, 8, 5, 5, 3, 1)
     assert route in bf16_conv.WEIGHT_GRAD_ROUTES

@@ -293,3 +293,35 @@ def test_show_names_where_each_seed_trained_and_a_run_moved_to_another_machine(t
     assert [s["resumed_at"] for s in shown["seeds"]] == [[8], []]
     assert "| A, B | finished, resumed at step 8 |" in rerun.stdout
     assert "the seeds trained on 2 machines or arithmetics" in rerun.stdout
+
+
+def test_new_seeds_compute_what_the_first_did_after_a_recipe_default_changes(tmp_path):
+    # `fast` defaults to precision=auto now; its experiments begun before trained in float32.
+    # Rewrite a fresh experiment's record as such an older one would read, once with the
+    # field recorded and once from before the setting existed: either way a rerun of the
+    # experiment's own command (or of no command at all) pins float32 and says so.
+    narrow = ["--recipe", "fast", *TINY[2:], "--set", "width=16", "--max-steps", "2"]
+    for case in ("recorded", "before the setting"):
+        exp = tmp_path / case.replace(" ", "-")
+        ok(cli("experiment", "plan", exp, "--seeds", "0", *narrow))
+        spec = json.loads((exp / "experiment.json").read_text())
+        assert spec["fields"]["precision"] == "auto" and "precision=auto" not in spec["train_args"]
+        if case == "recorded":
+            spec["fields"]["precision"] = "float32"
+        else:
+            del spec["fields"]["precision"]
+        (exp / "experiment.json").write_text(json.dumps(spec))
+        for again in ([], narrow):
+            done = ok(cli("experiment", "plan", exp, "--seeds", "1", *again))
+            command = (exp / "commands.txt").read_text().split()
+            assert "precision=float32" in command, command
+            assert "keeps precision=float32, what its seeds computed" in done.stderr
+        # asked for explicitly, the new default is another experiment: refused, named
+        one_line_error(cli("experiment", "plan", exp, "--seeds", "1", *narrow,
+                           "--set", "precision=auto"),  # fmt: skip
+                       "precision (saved 'float32', asked 'auto')")  # fmt: skip
+    # and the seed the runner starts trains in float32 (its saved configuration says so)
+    exp = tmp_path / "recorded"
+    ok(cli("experiment", "run", exp, "--seeds", "1"))
+    config = json.loads((exp / "seed-1" / "config.json").read_text())
+    assert config["params"]["precision"] == "float32"

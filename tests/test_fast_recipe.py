@@ -295,6 +295,9 @@ def test_a_short_run_learns_and_resumes_exactly_mid_epoch(tmp_path, capsys, conv
     assert main(["eval", str(straight), "--tta", "--json"]) == 0
     tta = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert tta["precision_at_1"] == result["precision_at_1"]  # the final evaluation used TTA
+    if "precision=bfloat16" in extra:  # the file computes in float32, checked against float32
+        assert main(["export", str(straight), "--out", str(tmp_path / "m.onnx")]) == 0
+        assert "max logit difference" in capsys.readouterr().out
 
 
 def test_the_training_transform_gives_normalized_channels_last_batches():

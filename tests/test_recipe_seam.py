@@ -198,3 +198,21 @@ def test_a_recipe_defined_in_a_test_trains_resumes_evaluates_predicts_exports(tm
         and "peak_lr" in err
         and "max_steps" in err
     )
+
+
+def test_a_run_saved_before_a_setting_existed_keeps_what_it_computed_then():
+    from cifarlab.config import build_config, config_from_dict
+    from cifarlab.recipes.fast import CheapestParams, Params
+    from cifarlab.settings import declared_default
+
+    # `fast` switched precision to auto after runs were saved without the field: those
+    # resume at the declared default (float32), not the variant's; recorded values stand.
+    assert declared_default(CheapestParams, "precision") == "float32" == Params().precision
+    assert declared_default(CheapestParams, "width") == 256  # declared; fast's is 192
+    saved = build_config("fast").to_dict()
+    assert saved["params"]["precision"] == "auto"
+    assert config_from_dict(saved, "config.json").params.precision == "auto"
+    del saved["params"]["precision"], saved["params"]["width"]
+    restored = config_from_dict(saved, "config.json")
+    assert restored.params.precision == "float32" and restored.params.width == 256
+    assert restored.params.hard_keep == 0.7  # a recorded field keeps its value

@@ -184,7 +184,7 @@ def test_each_setting_says_its_arithmetic_as_results_record_it():
     cpu = torch.device("cpu")
 
     def arithmetic(**settings) -> str:
-        recipe = build_config("fast", {"width": 32, **settings}).recipe
+        recipe = build_config("fast", {"width": 32, "precision": "float32", **settings}).recipe
         recipe.prepare_device(cpu)  # auto: every shape timed here, as before training
         return recipe.arithmetic(cpu)
 
@@ -204,6 +204,7 @@ def test_a_run_by_winograd_trains_resumes_exactly_and_exports(tmp_path, capsys):
     args = ["--recipe", "fast", "--synthetic", "--set", "synthetic_train_per_class=12",
             "--set", "synthetic_test_per_class=4", "--batch-size", "24", "--threads", "1",
             "--no-progress", "--set", "width=64", "--set", "convolution=winograd",
+            "--set", "precision=float32",
             "--max-steps", "8", "--checkpoint-every", "4"]  # fmt: skip
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main(["train", *args, "--run-dir", str(straight)]) == 0
@@ -240,7 +241,7 @@ def test_without_the_native_kernels_every_algorithm_is_the_library(monkeypatch):
         assert not winograd.serves(x, layer)
         assert torch.equal(layer(x), F.conv2d(x, layer.weight, padding=1)), algorithm
     assert winograd.routes_used() == {}  # nothing was timed
-    recipe = build_config("fast", {"convolution": "auto"}).recipe
+    recipe = build_config("fast", {"convolution": "auto", "precision": "float32"}).recipe
     assert recipe.arithmetic(torch.device("cpu")) == (
         "float32, direct convolutions (the Winograd kernels are not built here)"
     )

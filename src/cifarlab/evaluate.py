@@ -3,6 +3,7 @@ split, each example counted exactly once (the original counted 112 test images t
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -23,16 +24,18 @@ def predict_logits(
     batch_size: int,
     device: torch.device,
     tta: bool = False,
+    in_float32: bool = False,
 ) -> torch.Tensor:
     """uint8 [N, 32, 32, 3] -> float32 logits [N, classes] on the CPU, in order: the
-    recipe's evaluation preprocessing, then the model (or the recipe's TTA views of it)."""
+    recipe's evaluation preprocessing, then the model (or the recipe's TTA views of it), in
+    the recipe's arithmetic (bfloat16 autocast, say) unless `in_float32`."""
     was_training = model.training
     model.eval()
     preprocess = recipe.eval_preprocess().to(device)
     out = []
     dummy = torch.zeros(images.shape[0], dtype=torch.long)
     for x, _ in eval_batches(images, dummy, batch_size, transform=preprocess, device=device):
-        with recipe.autocast(device):
+        with contextlib.nullcontext() if in_float32 else recipe.autocast(device):
             logits = recipe.tta_logits(model, x) if tta else model(x)
         out.append(logits.float().cpu())
     model.train(was_training)

@@ -148,8 +148,10 @@ def export_run(
     check_output_path(out, run_dir, fmt)
     images, _ = load_run_split(trained.config.run, run_dir, "test")
     images = images[: max(1, check_images)]
+    # The file computes in float32 whatever arithmetic the run trains and evaluates in
+    # (fast's bfloat16): it is checked against the same function in PyTorch.
     reference = predict_logits(trained.model, trained.recipe, images, batch_size=128,
-                               device=torch.device("cpu"))  # fmt: skip
+                               device=torch.device("cpu"), in_float32=True)  # fmt: skip
     graph = classifier_with_preprocessing(trained.recipe.eval_preprocess(), trained.model)
     figures = export_and_check(graph, fmt, out, images, reference)
     figures["step"] = trained.step

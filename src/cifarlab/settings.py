@@ -145,3 +145,23 @@ def with_defaults(cls: type, name: str, **defaults: Any) -> type:
     variant = dataclasses.make_dataclass(name, changed, bases=(cls,), frozen=True)
     variant.__module__ = cls.__module__  # type hints resolve where the fields were declared
     return variant
+
+
+def declared_default(cls: type, name: str) -> Any:
+    """The default field `name` has where it was declared, before any variant
+    (with_defaults) changed it. Settings are added switched off, so this is also what a run
+    saved before the setting existed computed, whatever a variant's default became later."""
+    for klass in reversed(cls.__mro__):
+        declared = vars(klass).get("__dataclass_fields__", {}).get(name)
+        if declared is not None:
+            if declared.default_factory is not dataclasses.MISSING:
+                return declared.default_factory()
+            return declared.default
+    raise KeyError(name)
+
+
+def added_since(cls: type, saved_names) -> dict[str, Any]:
+    """{field: declared default} for the fields of `cls` a saved record lacks: the settings
+    added since it was written, with the values its computation had."""
+    saved_names = set(saved_names)
+    return {n: declared_default(cls, n) for n in field_names(cls) if n not in saved_names}

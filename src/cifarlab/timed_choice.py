@@ -50,7 +50,11 @@ def remembered(name: str, key: dict, measure: Callable[[], dict]) -> dict:
         try:
             verdict = json.loads(path.read_text())
         except (OSError, ValueError):  # none yet, or unreadable: measure again
-            verdict = measure()
+            # Under a forked RNG: measuring (building a network to time it, say) must not
+            # move the global generator, or a run's initial weights would depend on whether
+            # this machine had timed the choice before.
+            with torch.random.fork_rng(devices=[]):
+                verdict = measure()
             atomic_write(path, json.dumps(verdict) + "\n")
     _known[str(path)] = verdict
     return verdict

@@ -54,11 +54,31 @@ def _set_value(value) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+def asked_in(train_args: list[str]) -> dict:
+    """The fields a saved experiment's seed command sets (`--recipe R --set K=V ...`)."""
+    from ..config import parse_set
+
+    recipe = train_args[train_args.index("--recipe") + 1] if "--recipe" in train_args else None
+    sets = [train_args[i + 1] for i, flag in enumerate(train_args[:-1]) if flag == "--set"]
+    return {**({"recipe": recipe} if recipe else {}), **parse_set(sets)}
+
+
+def defaults_moved(saved: dict, now: dict, asked: dict) -> dict:
+    """{field: saved value} for the fields the user did not set whose value the same command
+    gives differently now: a recipe's default changed (fast's precision became auto) after
+    the experiment began. Only within the same recipe; a field `now` lacks is left to
+    check_same_experiment to name."""
+    if saved.get("recipe") != now.get("recipe"):
+        return {}
+    return {name: saved[name] for name in saved
+            if name not in asked and name in now and saved[name] != now[name]}  # fmt: skip
+
+
 def _resolve(args: argparse.Namespace, for_plan: bool):
     """(Experiment, seeds asked): the configuration checked in full here, before any seed
     runs, and EXP_DIR created or checked to hold this same experiment."""
     from ..cli import asked_train_fields, fit_budget
-    from ..config import DEFAULT_RECIPE, build_config
+    from ..config import DEFAULT_RECIPE, build_config, with_settings_added_since
     from .spec import claim, identity, load_experiment, parse_seeds, seed_dir
 
     if for_plan and args.budget is not None:
@@ -72,7 +92,7 @@ def _resolve(args: argparse.Namespace, for_plan: bool):
             raise ConfigError(f"{name} (--{name.replace('_', '-')}): an experiment's seeds come from "
                               "--seeds and their run directories from EXP_DIR")  # fmt: skip
     if saved is not None and not asked and args.budget is None:
-        return claim(exp_dir, saved.recipe, saved.fields, saved.train_args, seeds), seeds
+        asked = asked_in(saved.train_args)  # the experiment's own command, continued
     recipe = asked.get("recipe") or DEFAULT_RECIPE
     first = {**asked, "seed": seeds[0], "run_dir": str(seed_dir(exp_dir, seeds[0]))}
     config = build_config(recipe, first)
@@ -86,11 +106,23 @@ def _resolve(args: argparse.Namespace, for_plan: bool):
             config = build_config(recipe, {**first, **asked})
         else:
             config = fit_budget(config, asked, args.budget)
+    added: dict = {}
+    if saved is not None:
+        now = identity(config)
+        added = {k: v for k, v in with_settings_added_since(recipe, saved.fields).items()
+                 if k not in saved.fields and k in now}  # fmt: skip
+        kept = defaults_moved({**added, **saved.fields}, now, asked)
+        if kept:  # new seeds compute what the saved ones did, not the recipe's new defaults
+            asked.update(kept)
+            config = build_config(recipe, {**first, **asked})
+            print(f"cifarlab experiment: {exp_dir} keeps "
+                  f"{', '.join(f'{k}={_set_value(v)}' for k, v in kept.items())}, what its seeds "
+                  "computed (the recipe's default has changed since they began)", file=sys.stderr)  # fmt: skip
     train_args = ["--recipe", config.recipe_spec]
     for name in sorted(asked):
         if name not in ("recipe", "seed", "run_dir"):
             train_args += ["--set", f"{name}={_set_value(config.get(name))}"]
-    return claim(exp_dir, config.recipe_spec, identity(config), train_args, seeds), seeds
+    return claim(exp_dir, config.recipe_spec, identity(config), train_args, seeds, added), seeds
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -98,22 +98,28 @@ def load_experiment(exp_dir: Path) -> Experiment | None:
         raise ConfigError(f"{path}: not a cifarlab experiment ({type(e).__name__}: {e})") from None
 
 
-def check_same_experiment(saved: Experiment, fields: dict) -> None:
-    """Refuse a rerun whose configuration differs from the saved one, naming the fields."""
-    names = sorted(set(saved.fields) | set(fields))
-    differ = [n for n in names if saved.fields.get(n) != fields.get(n)]
+def check_same_experiment(saved: Experiment, fields: dict, added: dict | None = None) -> None:
+    """Refuse a rerun whose configuration differs from the saved one, naming the fields.
+    `added`: the values the settings added since the experiment began had in its seeds."""
+    then = {**(added or {}), **saved.fields}
+    names = sorted(set(then) | set(fields))
+    differ = [n for n in names if then.get(n) != fields.get(n)]
     if differ:
-        details = ", ".join(
-            f"{n} (saved {saved.fields.get(n)!r}, asked {fields.get(n)!r})" for n in differ
-        )
+        details = ", ".join(f"{n} (saved {then.get(n)!r}, asked {fields.get(n)!r})" for n in differ)
         raise ConfigError(f"{saved.exp_dir} holds another experiment: {details}. "
                           "Name a new EXP_DIR for a new configuration")  # fmt: skip
 
 
 def claim(
-    exp_dir: Path, recipe: str, fields: dict, train_args: list[str], seeds: list[int]
+    exp_dir: Path,
+    recipe: str,
+    fields: dict,
+    train_args: list[str],
+    seeds: list[int],
+    added: dict | None = None,
 ) -> Experiment:
-    """The experiment in EXP_DIR, created or checked to be this one; new seeds are added."""
+    """The experiment in EXP_DIR, created or checked to be this one (`added`: as in
+    check_same_experiment); new seeds are added."""
     exp_dir = Path(exp_dir)
     if exp_dir.exists() and not exp_dir.is_dir():
         raise ConfigError(f"{exp_dir}: exists and is not a directory")
@@ -121,7 +127,7 @@ def claim(
     if saved is None:
         experiment = Experiment(exp_dir, recipe, fields, train_args, seeds)
     else:
-        check_same_experiment(saved, fields)
+        check_same_experiment(saved, fields, added)
         # The same computation: this command's flags serve (they may change only how a seed
         # runs: where it logs, how often it checkpoints); new seeds join.
         experiment = Experiment(exp_dir, saved.recipe, saved.fields, train_args,

@@ -517,8 +517,11 @@ class FastMuon(FastSGD):
 # The fewest training FLOPs measured to reach 94% (docs/fast.md; seeds in BENCHMARKS.md): Muon at
 # width 192, the later epochs drawn from the hardest 70% of the examples, Muon's momentum
 # 0.7, 304 steps of 2,000 (12.2 epochs of the smaller network: 2.44e14 FLOPs).
+# Its arithmetic on a CPU is precision=auto: bfloat16 where this machine multiplies it natively
+# and a step was timed faster in it, which over 5 and 10 seeds on Xeon AMX and EPYC Zen 4 kept
+# the accuracy (+0.04 and -0.01 points, both intervals containing 0; docs/fast.md), else float32.
 CheapestParams = with_defaults(MuonParams, "CheapestParams", width=192, hard_keep=0.7,
-                               muon_momentum=0.7)  # fmt: skip
+                               muon_momentum=0.7, precision="auto")  # fmt: skip
 
 
 # `fast` at other widths and lengths (batch 2,000: 25 steps an epoch), means from
@@ -561,7 +564,8 @@ class Fast(FastMuon):
 # The 95% rung (docs/fast.md "Above 94%"): `fast` at twice the width (blocks 96/384/384) and
 # half the batch, 12 epochs: 600 steps of 1,000 (9.23e14 training FLOPs, airbench95 spends
 # 1.39e15). At the same epochs, batch 1,000 measured above batch 2,000 (twice the updates).
-Rung95Params = with_defaults(CheapestParams, "Rung95Params", width=384)
+# float32: this rung's seeds are measured in float32 only (bfloat16 unmeasured here).
+Rung95Params = with_defaults(CheapestParams, "Rung95Params", width=384, precision="float32")
 
 
 @register
