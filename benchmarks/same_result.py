@@ -30,7 +30,8 @@ from cifarlab.run.checkpoint import tensors_in
 RUNS = {
     "tutorial-200-fourier": (["--max-steps", "200", "--batch-size", "128"], {"CIFARLAB_FFT_CONV": "1"}),
     "tutorial-200-onednn": (["--max-steps", "200", "--batch-size", "128"], {"CIFARLAB_FFT_CONV": "0"}),
-    "fast-4": (["--recipe", "fast", "--max-steps", "4", "--batch-size", "256"], {}),
+    "fast-4": (["--recipe", "fast", "--max-steps", "4", "--batch-size", "256",
+                "--set", "precision=float32"], {}),  # named: fast's default is auto
     "fast-4-bfloat16": (["--recipe", "fast", "--max-steps", "4", "--batch-size", "256",
                          "--set", "precision=bfloat16"], {}),
 }  # fmt: skip
