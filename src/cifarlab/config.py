@@ -174,7 +174,7 @@ def config_from_dict(values: dict[str, Any], where: str) -> TrainConfig:
             recipe, flat = _from_flat(values, where)
         if not isinstance(recipe, str):
             raise ConfigError(f"{where}: recipe must be a name, got {recipe!r}")
-        return build_config(recipe, with_settings_added_since(recipe, flat),
+        return build_config(recipe, {**settings_added_since(recipe, flat), **flat},
                             values.get("recipe_source"))  # fmt: skip
     except (KeyError, TypeError, AttributeError) as e:
         raise ConfigError(
@@ -184,15 +184,15 @@ def config_from_dict(values: dict[str, Any], where: str) -> TrainConfig:
         raise ConfigError(f"{where}: {e}") from None
 
 
-def with_settings_added_since(recipe_spec: str, saved: dict[str, Any]) -> dict[str, Any]:
-    """A saved configuration completed with the settings added since it was written, each at
+def settings_added_since(recipe_spec: str, saved: dict[str, Any]) -> dict[str, Any]:
+    """{field: value} for the settings added since a saved configuration was written, each at
     its declared default (what the run computed then), not at a default a recipe variant
     took later: a `fast` run saved before `precision` existed trained in float32 and goes on
     in float32, though `fast` now defaults to auto."""
     from .recipes import load_recipe
 
     cls, _ = load_recipe(recipe_spec)
-    return {**added_since(RunConfig, saved), **added_since(cls.Params, saved), **saved}
+    return {**added_since(RunConfig, saved), **added_since(cls.Params, saved)}
 
 
 def _from_flat(values: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:

@@ -78,7 +78,7 @@ def _resolve(args: argparse.Namespace, for_plan: bool):
     """(Experiment, seeds asked): the configuration checked in full here, before any seed
     runs, and EXP_DIR created or checked to hold this same experiment."""
     from ..cli import asked_train_fields, fit_budget
-    from ..config import DEFAULT_RECIPE, build_config, with_settings_added_since
+    from ..config import DEFAULT_RECIPE, build_config, settings_added_since
     from .spec import claim, identity, load_experiment, parse_seeds, seed_dir
 
     if for_plan and args.budget is not None:
@@ -109,8 +109,7 @@ def _resolve(args: argparse.Namespace, for_plan: bool):
     added: dict = {}
     if saved is not None:
         now = identity(config)
-        added = {k: v for k, v in with_settings_added_since(recipe, saved.fields).items()
-                 if k not in saved.fields and k in now}  # fmt: skip
+        added = {k: v for k, v in settings_added_since(recipe, saved.fields).items() if k in now}
         kept = defaults_moved({**added, **saved.fields}, now, asked)
         if kept:  # new seeds compute what the saved ones did, not the recipe's new defaults
             asked.update(kept)
