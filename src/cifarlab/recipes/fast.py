@@ -578,3 +578,25 @@ class Fast95(Fast):
     run_defaults = {**Fast.run_defaults, "max_steps": 600, "batch_size": 1000,
                     "summary_every": 50, "checkpoint_every": 100}  # fmt: skip
     budget_frontier = None  # measured at one width and length so far: --budget picks the steps
+
+
+# The 96% rung (docs/fast.md "Above 95%"): airbench96's deeper block (a third convolution a
+# block, a residual branch that starts switched off) at fast95's width and batch, trained
+# nearly twice as long: 22 epochs as 1,100 steps of 1,000, 2.34e15 training FLOPs (the goal's
+# limit is 2.4e15; airbench96_faster spends 3.1e15 with its proxy network). The stale-loss
+# selection stands in for that proxy. Augmentation stays fast's (flip, 2-pixel translation)
+# until a longer run measures cutout's worth here. Arithmetic: auto, as `fast` (its seeds are
+# measured in bfloat16 on EPYC Zen 4, where auto takes it).
+Rung96Params = with_defaults(CheapestParams, "Rung96Params", width=384, residual=True)
+
+
+@register
+class Fast96(Fast):
+    """`--recipe fast96`: the rung after, toward 96% in at most 2.4e15 training FLOPs."""
+
+    name = "fast96"
+    Params = Rung96Params
+    # 22 epochs of CIFAR-10 at batch 1,000 (50 steps an epoch).
+    run_defaults = {**Fast.run_defaults, "max_steps": 1100, "batch_size": 1000,
+                    "summary_every": 50, "checkpoint_every": 100}  # fmt: skip
+    budget_frontier = None  # one width and length so far: --budget picks the steps
