@@ -73,7 +73,7 @@ def test_train_help_shows_each_recipes_own_defaults(capsys):
     for field in ("max_steps", "batch_size", "log_every", "summary_every", "checkpoint_every"):
         text = recipe_defaults(field)
         assert text in shown, field
-        for recipe in ("tutorial", "fast", "fast-muon", "fast-sgd", "fast95"):
+        for recipe in ("tutorial", "fast", "fast-muon", "fast-sgd", "fast95", "fast96"):
             value = getattr(build_config(recipe, {"run_dir": "unused"}).run, field)
             assert f"{value:,}" in text, (field, recipe, text)
 

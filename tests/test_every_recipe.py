@@ -18,11 +18,12 @@ from cifarlab.cli import main
 from cifarlab.recipes import recipe_names
 from cifarlab.run.checkpoint import load_checkpoint
 
-BUILT_IN = ["tutorial", "fast", "fast-muon", "fast-sgd", "fast95"]
+BUILT_IN = ["tutorial", "fast", "fast-muon", "fast-sgd", "fast95", "fast96"]
 SMALL = ["--synthetic", "--set", "synthetic_train_per_class=12", "--set", "synthetic_test_per_class=4",
          "--batch-size", "24", "--threads", "1", "--no-progress"]  # fmt: skip
 NARROW = {"tutorial": [], "fast": ["--set", "width=32"], "fast-muon": ["--set", "width=32"],
-          "fast-sgd": ["--set", "width=32"], "fast95": ["--set", "width=32"]}  # fmt: skip
+          "fast-sgd": ["--set", "width=32"], "fast95": ["--set", "width=32"],
+          "fast96": ["--set", "width=32"]}  # fmt: skip
 
 
 def test_the_list_is_every_built_in_recipe():

@@ -21,19 +21,26 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-def cpu_description() -> str:
-    """The CPU's model name and instruction-set flags, from the first processor's entries:
-    what decides which instructions compiled code may use and which route is faster here."""
-    described = platform.machine() + platform.processor()
+def _first_processor() -> list[str]:
+    """/proc/cpuinfo's lines for the first processor, up to its flags (all the kinds and
+    routes depend on); none where the file cannot be read."""
+    lines = []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                described += line
+            lines.append(line)
             if line.startswith("flags"):
-                break  # the first processor's entries are enough
+                break
     except OSError:
-        pass
-    return described
+        return []
+    return lines
+
+
+def cpu_description() -> str:
+    """The CPU's model name and instruction-set flags, from the first processor's entries:
+    what decides which instructions compiled code may use and which route is faster here
+    (it keys the kernel cache: its text must not change)."""
+    named = (line for line in _first_processor() if line.startswith(("model name", "flags")))
+    return platform.machine() + platform.processor() + "".join(named)
 
 
 # The instruction sets that decide which route is fastest here (BENCHMARKS.md, "Machines"
@@ -45,15 +52,13 @@ def cpu_kind() -> str:
     """The CPU's name with what tells its kinds apart: family, model and the instruction
     sets of KIND_FLAGS, e.g. "AMD EPYC (family 25 model 17; avx2 avx512f avx512_bf16)".
     Two CPUs of one name (`lscpu` says "AMD EPYC" for three of our kinds) differ here."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-            if key.strip() == "flags":
-                break  # the first processor's entries are enough
-    except OSError:
+    lines = _first_processor()
+    if not lines:
         return cpu_name()
+    fields: dict[str, str] = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
     flags = set(fields.get("flags", "").split())
     named = " ".join(flag for flag in KIND_FLAGS if flag in flags) or "no AVX2"
     family, model = fields.get("cpu family"), fields.get("model")
