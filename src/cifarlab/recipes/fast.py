@@ -591,12 +591,10 @@ Rung96Params = with_defaults(CheapestParams, "Rung96Params", width=384, residual
 
 
 @register
-class Fast96(Fast):
+class Fast96(Fast95):
     """`--recipe fast96`: the rung after, toward 96% in at most 2.4e15 training FLOPs."""
 
     name = "fast96"
     Params = Rung96Params
-    # 22 epochs of CIFAR-10 at batch 1,000 (50 steps an epoch).
-    run_defaults = {**Fast.run_defaults, "max_steps": 1100, "batch_size": 1000,
-                    "summary_every": 50, "checkpoint_every": 100}  # fmt: skip
-    budget_frontier = None  # one width and length so far: --budget picks the steps
+    # 22 epochs at fast95's batch of 1,000 (its summaries, checkpoints and --budget too).
+    run_defaults = {**Fast95.run_defaults, "max_steps": 1100}
