@@ -169,29 +169,37 @@ def split_route_regions(prof) -> tuple[list, list]:
 
 
 def print_layers(outside: list, regions: list, peak: float) -> None:
-    """One line per convolution layer (its input and filter shapes): the direct-convolution
-    GFLOP of one pass, the forward's and the backward's (both gradients) milliseconds, the
-    equivalent GFLOP/s, and the algorithm: the library's direct convolution, with the
-    filter gradient's route where bf16_conv chose one, or Winograd. The fast network's
-    padding: 1 for its 3x3 convolutions, none for the 2x2 whitening."""
-    layers: dict = defaultdict(lambda: {"forward": 0.0, "backward": 0.0, "algorithm": ""})
+    """One line per convolution shape (input and filters): how many of the step's layers
+    have it, the direct-convolution GFLOP of one layer's pass, the forward's and the
+    backward's (both gradients) milliseconds over those layers, the equivalent GFLOP/s,
+    and the algorithm: the library's direct convolution, with the filter gradient's route
+    where bf16_conv chose one, or Winograd. Layers of one shape share a line (the profiler
+    names operators, not modules), so its rate counts every layer's passes: one forward
+    each, seen in the profile. The fast network's padding: 1 for its 3x3 convolutions, none
+    for the 2x2 whitening."""
+    layers: dict = defaultdict(
+        lambda: {"forward": 0.0, "backward": 0.0, "algorithm": "", "layers": 0}
+    )
     for event in outside:
         shapes = [tuple(s) for s in event.input_shapes if s]
         if event.name == "aten::mkldnn_convolution" and len(shapes) >= 2:
             layers[shapes[0], shapes[1]]["forward"] += event.self_cpu_time_total / 1e3
+            layers[shapes[0], shapes[1]]["layers"] += 1
         elif event.name == "aten::convolution_backward" and len(shapes) >= 3:
             layers[shapes[1], shapes[2]]["backward"] += event.self_cpu_time_total / 1e3
     for event in regions:  # "<label> <route or pass> [n, c, h, w] [o, c, k, k]"
         x_shape, w_shape = (tuple(json.loads(s)) for s in re.findall(r"\[[^]]*\]", event.name))
         layer = layers[x_shape, w_shape]
         if event.name.startswith(winograd.LABEL):
-            layer["forward" if " forward " in event.name else "backward"] += (
-                event.cpu_time_total / 1e3)  # fmt: skip
+            forward = " forward " in event.name
+            layer["forward" if forward else "backward"] += event.cpu_time_total / 1e3
+            layer["layers"] += forward
             layer["algorithm"] = "Winograd F(4x4, 3x3)"
         else:
             layer["backward"] += event.cpu_time_total / 1e3
-    print("\n| layer: input, filters | GFLOP a pass (direct) | forward ms | backward ms "
-          "| GFLOP/s (passes run, direct-equivalent) | algorithm |\n|---|---:|---:|---:|---:|---|")  # fmt: skip
+    print("\n| shape: input, filters | layers | GFLOP a layer's pass (direct) | forward ms "
+          "| backward ms | GFLOP/s (passes run, direct-equivalent) | algorithm |\n"
+          "|---|---:|---:|---:|---:|---:|---|")  # fmt: skip
     for (x, w), ms in sorted(layers.items(), key=lambda kv: -(kv[1]["forward"] + kv[1]["backward"])):
         n, c, h, wd = x
         o, _, k, _ = w
@@ -200,10 +208,10 @@ def print_layers(outside: list, regions: list, peak: float) -> None:
         passes = 3 if ms["backward"] else 1
         if c == 24 and ms["backward"]:  # on the stem's output: at the measured mid-run step
             passes = 2  # the whitening bias is frozen, so no input gradient is computed
-        rate = passes * gflop / ((ms["forward"] + ms["backward"]) / 1e3)
+        rate = ms["layers"] * passes * gflop / ((ms["forward"] + ms["backward"]) / 1e3)
         route = bf16_conv.routes_used().get((c, o, h, wd, k, pad))
         algorithm = ms["algorithm"] or "direct" + (f"; filter gradient {route}" if route else "")
-        print(f"| {list(x)}, {list(w)} | {gflop:.1f} | {ms['forward']:.0f} | "
+        print(f"| {list(x)}, {list(w)} | {ms['layers']} | {gflop:.1f} | {ms['forward']:.0f} | "
               f"{ms['backward']:.0f} | {rate:,.0f} ({rate / peak:.0%}) | {algorithm} |")
     products = [e for e in outside if e.name == "aten::mm"]
     print(f"matrix products outside the convolutions (Muon, the head): "

@@ -40,8 +40,13 @@ def test_fast_step_profile_reports_both_paths_layer_by_layer(against):
         three_by_three = [r for r in rows if ", 3, 3] |" in r]
         assert len(three_by_three) == 5
         assert all(r.rsplit("|", 2)[1].strip() in algorithms for r in three_by_three), part
+        # Layers by shape: block 2's second convolution and block 3's first share 32 -> 32
+        # at 7x7, one line whose rate counts both; every other shape is one layer's.
+        layers = {r.split(" | ")[0]: int(r.split(" | ")[1]) for r in rows}
+        assert layers.pop("| [8, 32, 7, 7], [32, 32, 3, 3]") == 2, part
+        assert set(layers.values()) == {1}, part
         # direct GFLOP of block 1's first convolution: 2 x 8 x 31 x 31 x 8 x 24 x 9 / 1e9
-        assert "| [8, 24, 31, 31], [8, 24, 3, 3] | 0.0 |" in part
+        assert "| [8, 24, 31, 31], [8, 24, 3, 3] | 1 | 0.0 |" in part
     ratio = float(re.search(r"step ([\d.]+)x as fast as precision=float32 width=32", out).group(1))
     # the steps are printed to 0.01 s: the ratio lies within what that rounding allows
     low, high = (steps[0] - 0.005) / (steps[1] + 0.005), (steps[0] + 0.005) / (steps[1] - 0.005)
