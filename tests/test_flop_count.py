@@ -45,6 +45,21 @@ def test_a_step_split_by_layer_sums_to_the_step_and_each_layer_is_its_own(recipe
     assert (by_module["optimizer step"] > 0) == (recipe == "fast")
 
 
+def test_blocks_1_and_3_take_their_own_widths_and_the_count_follows():
+    # airbench96_faster's shape at a small scale: block 1 and block 3 apart from `width`.
+    config = build_config("fast-sgd", {"width": 32, "block1_width": 12, "block3_width": 48,
+                                       "batch_size": 8})  # fmt: skip
+    assert config.recipe.widths() == (12, 32, 48)
+    assert build_config("fast-sgd", {"width": 32}).recipe.widths() == (8, 32, 32)
+    net = config.recipe.build_model(10, None)
+    assert [b.conv1.out_channels for b in net.blocks] == [12, 32, 48]
+    assert net.blocks[1].conv1.in_channels == 12 and net.head.in_features == 48
+    by_module = step_flops_by_module(config, 0, _plan(config, 100, 50_000))
+    assert by_module["blocks.1.conv1"] == 8 * 3 * (2 * 15 * 15 * 32 * 12 * 9)
+    assert by_module["blocks.2.conv1"] == 8 * 3 * (2 * 7 * 7 * 48 * 32 * 9)
+    assert by_module["blocks.2.conv2"] == 8 * 3 * (2 * 3 * 3 * 48 * 48 * 9)
+
+
 @pytest.mark.parametrize("recipe", ["fast-sgd", "fast", "tutorial"])
 def test_the_count_extrapolated_from_two_small_batches_is_the_direct_count(recipe):
     # Muon's orthogonalization costs the same at any batch; everything else is per image.

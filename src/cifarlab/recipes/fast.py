@@ -112,6 +112,10 @@ class Params:
         0.6, "BatchNorm running-statistics update, PyTorch's convention", above=0, at_most=1
     )
     width: int = setting(256, "channels of blocks 2 and 3 (block 1: width / 4)", at_least=8)  # fmt: skip
+    # airbench96_faster's network is 128/384/512: blocks 1 and 3 apart from width. Block 3
+    # runs on 7x7 and 3x3 maps, so its channels cost the fewest FLOPs of the three.
+    block1_width: int = setting(0, "channels of block 1 (0: width / 4)", at_least=0)
+    block3_width: int = setting(0, "channels of block 3 (0: width)", at_least=0)
     residual: bool = setting(
         False, "three convolutions a block, the last two a residual branch added to the "
         "first's pooled output (models/fast.py)",
@@ -317,7 +321,8 @@ class FastSGD(Recipe):
         self._bf16_verdict: bool | None = None
 
     def widths(self) -> tuple[int, int, int]:
-        return (self.params.width // 4, self.params.width, self.params.width)
+        p = self.params
+        return (p.block1_width or p.width // 4, p.width, p.block3_width or p.width)
 
     def build_model(self, num_classes: int, train_images: torch.Tensor | None) -> nn.Module:
         p = self.params
