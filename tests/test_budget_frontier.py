@@ -183,3 +183,17 @@ def test_the_fast_recipes_frontier_is_what_its_saved_experiments_show():
         assert point.epochs == steps * fields["batch_size"] / 50_000, exp
         shown = show(exp)
         assert (shown["n"], round(100 * shown["mean"], 2)) == (point.seeds, point.accuracy), exp
+
+
+def test_a_network_shape_the_frontier_was_not_measured_at_leaves_only_the_steps_to_choose():
+    from cifarlab.config import build_config
+    from cifarlab.train.budget import chosen_fields
+
+    fast = build_config("fast", {})
+    frontier = fast.recipe.budget_frontier
+    assert frontier.pinned and all(hasattr(fast.params, name) for name in frontier.pinned)
+    assert chosen_fields(fast, {}) == ["width", "max_steps"]
+    assert chosen_fields(fast, {"muon_lr": "0.1"}) == ["width", "max_steps"]  # no shape
+    for name in ("width", *frontier.pinned):
+        asked = {name: "512"}
+        assert chosen_fields(build_config("fast", asked), asked) == ["max_steps"], name

@@ -29,6 +29,9 @@ class Frontier:
     setting: str  # the Params field --budget chooses, e.g. "width"
     points: tuple[Measured, ...]
     source: str  # the folder of the saved experiments the points come from
+    # Other settings that shape the network with the chosen one and were measured at their
+    # defaults: where a run sets one, the points do not describe its network.
+    pinned: tuple[str, ...] = ()
 
     def values(self) -> list[int]:
         return sorted({p.value for p in self.points})

@@ -553,6 +553,8 @@ FAST_FRONTIER = Frontier(
         Measured(256, 4, 91.96, 1, "frontier/w256-s100"),
     ),
     source="benchmarks/results/experiments",
+    # measured with blocks 1 and 3 following the width (width / 4 and width)
+    pinned=("block1_width", "block3_width"),
 )
 
 

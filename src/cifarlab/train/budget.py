@@ -161,11 +161,16 @@ def steps_for_budget(config: TrainConfig, minutes: float, train_examples: int = 
 
 def chosen_fields(config: TrainConfig, asked: dict) -> list[str]:
     """The fields --budget sets for this configuration: max_steps, and the recipe's
-    frontier setting (the width) unless the user set it."""
+    frontier setting (the width) unless the user set it or a setting the frontier was
+    measured without (e.g. block 3's own width)."""
     frontier = config.recipe.budget_frontier
-    if frontier is None or frontier.setting in asked:
+    if frontier is None or _set_against_frontier(frontier, asked):
         return ["max_steps"]
     return [frontier.setting, "max_steps"]
+
+
+def _set_against_frontier(frontier: Frontier, asked: dict) -> list[str]:
+    return [name for name in (frontier.setting, *frontier.pinned) if name in asked]
 
 
 def fit_budget_fields(config: TrainConfig, asked: dict, minutes: float,
@@ -183,7 +188,8 @@ def fit_budget_fields(config: TrainConfig, asked: dict, minutes: float,
         fields[frontier.setting] = value
         config = build_config(config.recipe_spec, {**asked, **fields})
     elif frontier is not None:
-        log(f"budget {minutes:g} min: {frontier.setting} set, so only the steps are chosen")
+        names = " and ".join(_set_against_frontier(frontier, asked))
+        log(f"budget {minutes:g} min: {names} set, so only the steps are chosen")
     fields["max_steps"] = steps_for_budget(config, minutes, train_examples, test_examples,
                                            device, log, spent=_clock() - begun)  # fmt: skip
     return fields
