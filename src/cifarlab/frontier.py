@@ -33,6 +33,11 @@ class Frontier:
     # defaults: where a run sets one, the points do not describe its network.
     pinned: tuple[str, ...] = ()
 
+    def set_in(self, asked: dict) -> list[str]:
+        """The settings in `asked` that change the network this frontier describes: the
+        chosen one itself or a pinned one."""
+        return [name for name in (self.setting, *self.pinned) if name in asked]
+
     def values(self) -> list[int]:
         return sorted({p.value for p in self.points})
 

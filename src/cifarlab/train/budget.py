@@ -164,13 +164,9 @@ def chosen_fields(config: TrainConfig, asked: dict) -> list[str]:
     frontier setting (the width) unless the user set it or a setting the frontier was
     measured without (e.g. block 3's own width)."""
     frontier = config.recipe.budget_frontier
-    if frontier is None or _set_against_frontier(frontier, asked):
+    if frontier is None or frontier.set_in(asked):
         return ["max_steps"]
     return [frontier.setting, "max_steps"]
-
-
-def _set_against_frontier(frontier: Frontier, asked: dict) -> list[str]:
-    return [name for name in (frontier.setting, *frontier.pinned) if name in asked]
 
 
 def fit_budget_fields(config: TrainConfig, asked: dict, minutes: float,
@@ -188,7 +184,7 @@ def fit_budget_fields(config: TrainConfig, asked: dict, minutes: float,
         fields[frontier.setting] = value
         config = build_config(config.recipe_spec, {**asked, **fields})
     elif frontier is not None:
-        names = " and ".join(_set_against_frontier(frontier, asked))
+        names = " and ".join(frontier.set_in(asked))
         log(f"budget {minutes:g} min: {names} set, so only the steps are chosen")
     fields["max_steps"] = steps_for_budget(config, minutes, train_examples, test_examples,
                                            device, log, spent=_clock() - begun)  # fmt: skip
