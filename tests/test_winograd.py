@@ -78,6 +78,29 @@ def test_output_and_both_gradients_match_float64(c_in, c_out, side):
     assert ws.grad.is_contiguous(memory_format=layout)
 
 
+@pytest.mark.parametrize("images_a_chunk", [1, 2, 7])
+def test_a_batch_worked_through_in_chunks_gives_the_same_convolution(monkeypatch, images_a_chunk):
+    """Chunks of 1 and 2 images (the last one short) and one chunk for the whole batch: the
+    output and both gradients of the same float64 reference, with buffers reused."""
+    c_in, c_out, side, batch = 6, 5, 7, 5
+    bytes_an_image = 36 * 4 * (c_in + c_out) * 4  # a 7x7 map is 2x2 tiles
+    monkeypatch.setattr(winograd, "CHUNK_BYTES", images_a_chunk * bytes_an_image)
+    chunks = winograd._chunks(batch, side, side, c_in + c_out)
+    assert [c.stop - c.start for c in chunks] == {1: [1] * 5, 2: [2, 2, 1], 7: [5]}[images_a_chunk]
+    g = torch.Generator().manual_seed(images_a_chunk)
+    x = torch.randn(batch, c_in, side, side, generator=g, dtype=torch.float64)
+    w = torch.randn(c_out, c_in, 3, 3, generator=g, dtype=torch.float64) / 8
+    grad_y = torch.randn(batch, c_out, side, side, generator=g, dtype=torch.float64)
+    xd, wd = x.clone().requires_grad_(), w.clone().requires_grad_()
+    F.conv2d(xd, wd, padding=1).backward(grad_y)
+    xs, ws = x.float().requires_grad_(), w.float().requires_grad_()
+    got = winograd.winograd_conv3x3(xs, ws)
+    got.backward(grad_y.float())
+    for name, a, b in (("output", got, F.conv2d(x, w, padding=1)),
+                       ("input gradient", xs.grad, xd.grad), ("filter gradient", ws.grad, wd.grad)):  # fmt: skip
+        assert relative_error(a, b) < 2e-5, name
+
+
 def test_the_transforms_are_the_algorithm():
     """One tile by hand: A^T [(G w G^T) * (B^T d B)] A is the 3x3 correlation of the 6x6
     input tile, the 4x4 valid part; and the filter transform's adjoint is its adjoint."""
@@ -108,6 +131,16 @@ def test_the_kernels_refuse_what_they_cannot_read():
         kernels.winograd_input(torch.zeros(1, 2, 4, 4).permute(0, 2, 3, 1))  # not [N, H, W, C]
     with pytest.raises(RuntimeError, match="tiles"):
         kernels.winograd_output(torch.zeros(36, 5, 3), 1, 4, 4)  # a 4x4 map is one tile
+    x = torch.zeros(2, 7, 7, 3)  # 8 tiles
+    with pytest.raises(RuntimeError, match=r"out has shape \[36, 7, 3\], not \[36, 8, 3\]"):
+        kernels.winograd_input(x, out=torch.empty(36, 7, 3))
+    with pytest.raises(RuntimeError, match="out must be a contiguous float32"):
+        kernels.winograd_output_grad(x, out=torch.empty(36, 3, 8).transpose(1, 2))
+    given = torch.empty(2, 7, 7, 3)
+    assert (
+        kernels.winograd_output(torch.ones(36, 8, 3), 2, 7, 7, out=given).data_ptr()
+        == given.data_ptr()
+    )
 
 
 def test_the_network_by_winograd_computes_the_direct_network():

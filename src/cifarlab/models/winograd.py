@@ -10,8 +10,11 @@ where d_c is the 6x6 input tile of channel c, w_c the 3x3 filter, * elementwise,
 bracket is 36 independent matrix products, [tiles, C] x [C, O], one per position of the 6x6
 tile: 36 multiplications a tile and channel pair where the direct convolution does
 16 x 9 = 144, 4x fewer (3.1x on a 7x7 map, whose 2x2 tiles cover 8x8). The transforms
-cost a read and a write of memory each (native kernels: tutorial_cpu/kernels.cpp); the
-products run on the library's matrix multiply.
+are native kernels (tutorial_cpu/kernels.cpp); the products run on the library's matrix
+multiply. A batch goes through a chunk of images at a time (CHUNK_BYTES), so that the
+transformed tiles stay in the cache between the transform and the product: over a whole
+batch of 2,000 they were hundreds of MB, and a layer's forward and backward took 1.27x as
+long on the AVX2 EPYC (BENCHMARKS.md, "Winograd on the CPU").
 
 Both gradients stay in the same algebra: the input gradient is the convolution of the
 output gradient with the filters mirrored and transposed (the same forward); the filter
@@ -42,6 +45,11 @@ from . import bf16_conv
 from .tutorial_cpu import build
 
 TIMING_BATCH = 128  # images a shape is timed on (as bf16_conv's filter-gradient routes)
+# Each convolution works through the batch a chunk of images at a time, reusing two buffers
+# of about this many bytes in all (transformed tiles and their products): they stay in the
+# cache between the transform that writes them and the product that reads them. Over a whole
+# batch they took hundreds of MB, written to memory, read back and faulted in page by page.
+CHUNK_BYTES = 4 << 20
 LABEL = "winograd.conv"  # profiler label (benchmarks/fast_step_profile.py), then the shapes
 
 # Points 0, 1, -1, 2, -2 (and infinity): small integers and simple fractions, which keep
@@ -87,11 +95,60 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).contiguous()
 
 
+def _tiles(height: int, width: int) -> int:
+    return ((height + 3) // 4) * ((width + 3) // 4)
+
+
+def _chunks(images: int, height: int, width: int, channels: int) -> list[slice]:
+    """The batch's images in chunks whose transformed tiles (36 x tiles x `channels`
+    floats, the transform's and the product's together) take about CHUNK_BYTES."""
+    per_chunk = max(1, CHUNK_BYTES // (36 * _tiles(height, width) * channels * 4))
+    return [slice(start, min(images, start + per_chunk)) for start in range(0, images, per_chunk)]
+
+
+def _buffer(like: torch.Tensor, chunk: slice, rows_per_image: int, channels: int) -> torch.Tensor:
+    """A flat buffer for the first (largest) chunk's [36, tiles, channels]."""
+    return like.new_empty(36 * (chunk.stop - chunk.start) * rows_per_image * channels)
+
+
+def _view(buffer: torch.Tensor, tiles: int, channels: int) -> torch.Tensor:
+    return buffer[: 36 * tiles * channels].view(36, tiles, channels)
+
+
 def _conv(kernels, rows: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-    """rows [N, H, W, C], transformed filters [36, C, O] -> [N, O, H, W] (channels-last memory)."""
-    n, h, w, _ = rows.shape
-    products = torch.bmm(kernels.winograd_input(rows), filters)
-    return kernels.winograd_output(products, n, h, w).permute(0, 3, 1, 2)
+    """rows [N, H, W, C], transformed filters [36, C, O] -> [N, O, H, W] (channels-last
+    memory), a chunk of images at a time through the same two buffers."""
+    n, h, w, c = rows.shape
+    o, per_image = filters.shape[2], _tiles(h, w)
+    y = rows.new_empty(n, h, w, o)
+    chunks = _chunks(n, h, w, c + o)
+    tiles_buffer = _buffer(rows, chunks[0], per_image, c)
+    products_buffer = _buffer(rows, chunks[0], per_image, o)
+    for chunk in chunks:
+        tiles = (chunk.stop - chunk.start) * per_image
+        transformed = kernels.winograd_input(rows[chunk], out=_view(tiles_buffer, tiles, c))
+        products = torch.bmm(transformed, filters, out=_view(products_buffer, tiles, o))
+        kernels.winograd_output(products, chunk.stop - chunk.start, h, w, out=y[chunk])
+    return y.permute(0, 3, 1, 2)
+
+
+def _filter_grad(kernels, rows: torch.Tensor, grad_rows: torch.Tensor) -> torch.Tensor:
+    """rows [N, H, W, C], the output gradient's grad_rows [N, H, W, O] -> dL/dU [36, C, O],
+    summed over the chunks' tiles."""
+    n, h, w, c = rows.shape
+    o, per_image = grad_rows.shape[3], _tiles(h, w)
+    chunks = _chunks(n, h, w, c + o)
+    tiles_buffer = _buffer(rows, chunks[0], per_image, c)
+    grad_buffer = _buffer(rows, chunks[0], per_image, o)
+    grad_u = rows.new_zeros(36, c, o)
+    for chunk in chunks:
+        tiles = (chunk.stop - chunk.start) * per_image
+        transformed = kernels.winograd_input(rows[chunk], out=_view(tiles_buffer, tiles, c))
+        grad_tiles = kernels.winograd_output_grad(
+            grad_rows[chunk], out=_view(grad_buffer, tiles, o)
+        )
+        grad_u.baddbmm_(transformed.transpose(1, 2), grad_tiles)
+    return grad_u
 
 
 class _WinogradConv(torch.autograd.Function):
@@ -115,9 +172,7 @@ class _WinogradConv(torch.autograd.Function):
             if ctx.needs_input_grad[0]:  # the convolution with the filters mirrored, transposed
                 grad_x = _conv(kernels, grad_rows, filter_transform(weight, mirrored=True))
             if ctx.needs_input_grad[1]:
-                tiles = kernels.winograd_input(_rows(x))  # [36, T, C], recomputed: cheap
-                grad_tiles = kernels.winograd_output_grad(grad_rows)  # [36, T, O]
-                grad_w = filter_transform_grad(torch.bmm(tiles.transpose(1, 2), grad_tiles))
+                grad_w = filter_transform_grad(_filter_grad(kernels, _rows(x), grad_rows))
                 if weight.is_contiguous(memory_format=torch.channels_last):
                     grad_w = grad_w.contiguous(memory_format=torch.channels_last)
                 else:
@@ -155,7 +210,10 @@ def faster_here(channels_in: int, channels_out: int, height: int, width: int) ->
     shape = (channels_in, channels_out, height, width)
     if shape not in _used:
         verdict = timed_choice.remembered(
-            "winograd-conv", {"shape": list(shape), "batch": TIMING_BATCH},
+            "winograd-conv",
+            # the kernels' build and the chunking change Winograd's time: timed again
+            {"shape": list(shape), "batch": TIMING_BATCH, "kernels": build.cache_key(),
+             "chunk_bytes": CHUNK_BYTES},
             lambda: _time_both(*shape),
         )  # fmt: skip
         _used[shape] = verdict["winograd"]

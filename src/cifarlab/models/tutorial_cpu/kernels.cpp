@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <optional>
 #include <vector>
 
 namespace {
@@ -329,6 +330,8 @@ torch::Tensor fft_conv(const torch::Tensor& x, const torch::Tensor& weight,
 //   winograd_output_grad   g [N, H, W, O] -> [36, T, O], A g A^T of each 4x4 tile of g
 //                          (0 past the edge): winograd_output's adjoint, for the filter
 //                          gradient.
+// Each writes into `out` where given: the caller works through a batch a chunk of images at
+// a time, reusing the same cache-sized buffers.
 // The points 0, +-1, +-2 (Lavin and Gray, 2016): the transforms' coefficients are small
 // integers, so float32 loses about 1e-6 of the result's norm (tests/test_winograd.py).
 constexpr float kBT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
@@ -408,13 +411,23 @@ void check_rows(const torch::Tensor& t, const char* what) {
               what, " must be a contiguous float32 CPU tensor");
 }
 
-torch::Tensor winograd_input(const torch::Tensor& x) {
+// The result's tensor: `out` when given (checked to be the right shape: the caller's buffer
+// of a chunk, reused from chunk to chunk), else a new one.
+torch::Tensor result(const std::optional<torch::Tensor>& out, at::IntArrayRef shape,
+                     const torch::TensorOptions& options, const char* what) {
+  if (!out) return torch::empty(shape, options);
+  check_rows(*out, what);
+  TORCH_CHECK(out->sizes() == shape, what, " has shape ", out->sizes(), ", not ", shape);
+  return *out;
+}
+
+torch::Tensor winograd_input(const torch::Tensor& x, const std::optional<torch::Tensor>& out) {
   TORCH_CHECK(x.dim() == 4, "winograd_input: x must be [N, H, W, C]");
   check_rows(x, "winograd_input: x");
   const int64_t C = x.size(3);
   const Tiles t(x.size(0), x.size(1), x.size(2));
   const int64_t T = t.count();
-  auto v = torch::empty({36, T, C}, x.options());
+  auto v = result(out, {36, T, C}, x.options(), "winograd_input: out");
   const float* xp = x.data_ptr<float>();
   float* vp = v.data_ptr<float>();
   at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
@@ -436,13 +449,14 @@ torch::Tensor winograd_input(const torch::Tensor& x) {
   return v;
 }
 
-torch::Tensor winograd_output(const torch::Tensor& m, int64_t N, int64_t H, int64_t W) {
+torch::Tensor winograd_output(const torch::Tensor& m, int64_t N, int64_t H, int64_t W,
+                              const std::optional<torch::Tensor>& out) {
   TORCH_CHECK(m.dim() == 3 && m.size(0) == 36, "winograd_output: m must be [36, T, O]");
   check_rows(m, "winograd_output: m");
   const Tiles t(N, H, W);
   const int64_t T = t.count(), O = m.size(2);
   TORCH_CHECK(m.size(1) == T, "winograd_output: m has ", m.size(1), " tiles, not ", T);
-  auto y = torch::empty({N, H, W, O}, m.options());
+  auto y = result(out, {N, H, W, O}, m.options(), "winograd_output: out");
   const float* mp = m.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
@@ -465,13 +479,14 @@ torch::Tensor winograd_output(const torch::Tensor& m, int64_t N, int64_t H, int6
   return y;
 }
 
-torch::Tensor winograd_output_grad(const torch::Tensor& g) {
+torch::Tensor winograd_output_grad(const torch::Tensor& g,
+                                   const std::optional<torch::Tensor>& out) {
   TORCH_CHECK(g.dim() == 4, "winograd_output_grad: g must be [N, H, W, O]");
   check_rows(g, "winograd_output_grad: g");
   const int64_t O = g.size(3), H = g.size(1), W = g.size(2);
   const Tiles t(g.size(0), H, W);
   const int64_t T = t.count();
-  auto m = torch::empty({36, T, O}, g.options());
+  auto m = result(out, {36, T, O}, g.options(), "winograd_output_grad: out");
   const float* gp = g.data_ptr<float>();
   float* mp = m.data_ptr<float>();
   at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
@@ -501,8 +516,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "max-pool backward: pooled gradient (any layout), indices -> input gradient");
   m.def("fft_conv_available", &fft_conv_available, "whether NNPACK is here and runs on this CPU");
   m.def("fft_conv", &fft_conv, "conv2d by 16x16 Fourier transforms (NNPACK), NCHW, stride 1");
-  m.def("winograd_input", &winograd_input, "F(4x4, 3x3): x [N, H, W, C] -> V [36, T, C]");
-  m.def("winograd_output", &winograd_output, "F(4x4, 3x3): M [36, T, O] -> y [N, H, W, O]");
+  m.def("winograd_input", &winograd_input, "F(4x4, 3x3): x [N, H, W, C] -> V [36, T, C]",
+        py::arg("x"), py::arg("out") = py::none());
+  m.def("winograd_output", &winograd_output, "F(4x4, 3x3): M [36, T, O] -> y [N, H, W, O]",
+        py::arg("m"), py::arg("N"), py::arg("H"), py::arg("W"), py::arg("out") = py::none());
   m.def("winograd_output_grad", &winograd_output_grad,
-        "F(4x4, 3x3): output gradient [N, H, W, O] -> [36, T, O] (winograd_output's adjoint)");
+        "F(4x4, 3x3): output gradient [N, H, W, O] -> [36, T, O] (winograd_output's adjoint)",
+        py::arg("g"), py::arg("out") = py::none());
 }
