@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cifarlab.models import bf16_conv
+from cifarlab.models import bf16_conv, winograd
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,3 +98,23 @@ def test_profiled_step_faults_prints_a_row_a_round_and_the_zeroing_alone():
         r"^zeroing \[8, (\d+), (\d+), \d+\] torch.float32 alone: [\d.]+ ms", out, re.M
     )
     assert zeroing == [("8", "31"), ("32", "15")]  # block 1's and block 2's pooled inputs
+
+
+@pytest.mark.skipif(not winograd.available(), reason="native kernels not built")
+def test_winograd_chunks_times_every_variant_in_the_same_rounds():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/winograd_chunks.py"), "--width", "32",
+         "--batch-size", "6", "--rounds", "2", "--chunk-mb", "0.01,4", "--convolution", "winograd"],
+        capture_output=True, text=True, timeout=600, check=True,
+    ).stdout  # fmt: skip
+    # every 3x3 shape by Winograd, so that the chunk sizes change what runs
+    assert "2 rounds; Winograd for every 3x3 convolution shape" in out
+    rows = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in out.splitlines()
+            if line.startswith("| direct") or line.startswith("| Winograd")}  # fmt: skip
+    assert list(rows) == ["direct", "Winograd, whole batch", "Winograd, 0.01 MB chunks",
+                          "Winograd, 4 MB chunks"]  # fmt: skip
+    for name, cells in rows.items():
+        median, best, runs = float(cells[1]), float(cells[2]), cells[3].split(", ")  # s
+        assert len(runs) == 2 and 0 < best <= median, name
+    assert rows["direct"][4] == "1.00x"
+    assert rows["Winograd, whole batch"][5] == "1.00x"
