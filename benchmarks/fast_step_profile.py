@@ -150,6 +150,10 @@ def measure(args, label: str, settings: dict, peak: float) -> float:
 
 
 ROUTE_LABELS = (bf16_conv.FILTER_GRADIENT_LABEL, winograd.LABEL)
+# The library's convolution operators with the time in them (self time): oneDNN's, or its
+# own im2col where oneDNN cannot serve, which is bfloat16 on a CPU without native bfloat16.
+FORWARD_OPS = ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward")
+BACKWARD_OPS = ("aten::convolution_backward", "aten::_slow_conv2d_backward")
 
 
 def split_route_regions(prof) -> tuple[list, list]:
@@ -182,10 +186,10 @@ def print_layers(outside: list, regions: list, peak: float) -> None:
     )
     for event in outside:
         shapes = [tuple(s) for s in event.input_shapes if s]
-        if event.name == "aten::mkldnn_convolution" and len(shapes) >= 2:
+        if event.name in FORWARD_OPS and len(shapes) >= 2:
             layers[shapes[0], shapes[1]]["forward"] += event.self_cpu_time_total / 1e3
             layers[shapes[0], shapes[1]]["layers"] += 1
-        elif event.name == "aten::convolution_backward" and len(shapes) >= 3:
+        elif event.name in BACKWARD_OPS and len(shapes) >= 3:  # (grad_y, x, weight)
             layers[shapes[1], shapes[2]]["backward"] += event.self_cpu_time_total / 1e3
     for event in regions:  # "<label> <route or pass> [n, c, h, w] [o, c, k, k]"
         x_shape, w_shape = (tuple(json.loads(s)) for s in re.findall(r"\[[^]]*\]", event.name))

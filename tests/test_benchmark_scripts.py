@@ -22,11 +22,6 @@ ROUTED = {  # --against, its heading, and the algorithm column its 3x3 layers ma
 @pytest.mark.slow
 @pytest.mark.parametrize("against", sorted(ROUTED))
 def test_fast_step_profile_reports_both_paths_layer_by_layer(against):
-    if against == "precision=bfloat16" and not bf16_conv.native_bf16():
-        # Without native bfloat16 (AVX2 only) oneDNN's emulated forward convolutions are not
-        # attributed to their layers in the profile (seen on EPYC AVX2): a known gap of the
-        # script there, where `precision=auto` never takes bfloat16 anyway.
-        pytest.skip("this CPU has no native bfloat16 arithmetic")
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks/fast_step_profile.py"), "--batch-size", "8",
          "--steps", "1", "--repeats", "1", "--set", "width=32", "--against", against],
