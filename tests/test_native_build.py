@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,6 +52,29 @@ def test_the_cache_key_changes_with_what_changes_the_build(monkeypatch):
 def _start(code: str, env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True, start_new_session=True)  # fmt: skip
+
+
+@needs_build
+def test_two_checkouts_of_the_same_code_share_one_build(tmp_path):
+    """A copy of the package elsewhere (the snapshot an experiment runs from, beside the
+    working tree) loads the entry the first built, instead of rebuilding it in turn."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "CIFARLAB_KERNEL_CACHE": str(cache), "CIFARLAB_NATIVE": "1"}
+    first = subprocess.run([sys.executable, "-c", LOAD], env=env, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert first.returncode == 0 and "building cifarlab's native CPU kernels" in first.stderr
+    (entry,) = [p for p in cache.iterdir() if p.is_dir() and p.name.startswith("cifarlab_native_")]
+    library = entry / f"{entry.name}.so"
+    built = library.stat().st_mtime_ns
+
+    copy = tmp_path / "checkout"
+    shutil.copytree(Path(build.__file__).parents[3] / "cifarlab", copy / "cifarlab",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    code = LOAD + f"; assert build.SOURCE.is_relative_to({str(copy)!r})"
+    second = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(copy)},
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    assert library.stat().st_mtime_ns == built, "the second checkout rebuilt the entry"
 
 
 @needs_build

@@ -10,7 +10,9 @@ one warning, and the callers keep PyTorch's operators, the same function, slower
 The cache is keyed by everything that changes the build: the CPU's model and instruction-set
 flags (the kernels are compiled with -march=native), the torch version, the Python version,
 the compiler, the flags and the source. Two virtual environments or torch versions on one
-machine therefore keep one entry each instead of rebuilding the same one in turn.
+machine therefore keep one entry each instead of rebuilding the same one in turn; and the
+entry builds from its own copy of the source, so that two checkouts of the same code share
+it too.
 
 One build at a time: every process (every rank of a torchrun job) takes an flock on the
 entry first, so the first builds and the others wait and load its result. The kernel drops
@@ -144,8 +146,14 @@ def _load() -> ModuleType:
                   "(once, about 20 s)...", file=sys.stderr, flush=True)  # fmt: skip
             for stale in folder.iterdir():  # a killed build's half-written objects
                 shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        # PyTorch's builder rebuilds whenever the source's path changes, so two checkouts
+        # of the same code (a snapshot running an experiment, the working tree's tests)
+        # would rebuild the entry in turn: every checkout builds from the entry's own copy.
+        source = folder / SOURCE.name
+        if not source.is_file():
+            shutil.copyfile(SOURCE, source)
         start = time.perf_counter()
-        module = load(folder.name, [str(SOURCE)], extra_cflags=FLAGS,
+        module = load(folder.name, [str(source)], extra_cflags=FLAGS,
                       build_directory=str(folder), verbose=False)  # fmt: skip
         if building:
             print(f"built them in {time.perf_counter() - start:.0f} s: {folder}",
