@@ -13,8 +13,8 @@ tile: 36 multiplications a tile and channel pair where the direct convolution do
 are native kernels (tutorial_cpu/kernels.cpp); the products run on the library's matrix
 multiply. A batch goes through a chunk of images at a time (CHUNK_BYTES), so that the
 transformed tiles stay in the cache between the transform and the product: over a whole
-batch of 2,000 they were hundreds of MB, and a layer's forward and backward took 1.27x as
-long on the AVX2 EPYC (BENCHMARKS.md, "Winograd on the CPU").
+batch of 2,000 they were hundreds of MB (BENCHMARKS.md, "Winograd on the CPU", has what
+that buys, measured by benchmarks/winograd_chunks.py).
 
 Both gradients stay in the same algebra: the input gradient is the convolution of the
 output gradient with the filters mirrored and transposed (the same forward); the filter
