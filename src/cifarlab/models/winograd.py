@@ -106,28 +106,32 @@ def _chunks(images: int, height: int, width: int, channels: int) -> list[slice]:
     return [slice(start, min(images, start + per_chunk)) for start in range(0, images, per_chunk)]
 
 
-def _buffer(like: torch.Tensor, chunk: slice, rows_per_image: int, channels: int) -> torch.Tensor:
-    """A flat buffer for the first (largest) chunk's [36, tiles, channels]."""
-    return like.new_empty(36 * (chunk.stop - chunk.start) * rows_per_image * channels)
-
-
 def _view(buffer: torch.Tensor, tiles: int, channels: int) -> torch.Tensor:
     return buffer[: 36 * tiles * channels].view(36, tiles, channels)
+
+
+def _in_chunks(rows: torch.Tensor, channels_out: int):
+    """For each chunk of the images of rows [N, H, W, C]: its slice, and two buffers viewed
+    as its [36, tiles, C] and [36, tiles, channels_out], the same memory for every chunk."""
+    n, h, w, c = rows.shape
+    per_image = _tiles(h, w)
+    chunks = _chunks(n, h, w, c + channels_out)
+    largest = (chunks[0].stop - chunks[0].start) * per_image
+    tiles_buffer = rows.new_empty(36 * largest * c)
+    other_buffer = rows.new_empty(36 * largest * channels_out)
+    for chunk in chunks:
+        tiles = (chunk.stop - chunk.start) * per_image
+        yield chunk, _view(tiles_buffer, tiles, c), _view(other_buffer, tiles, channels_out)
 
 
 def _conv(kernels, rows: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     """rows [N, H, W, C], transformed filters [36, C, O] -> [N, O, H, W] (channels-last
     memory), a chunk of images at a time through the same two buffers."""
-    n, h, w, c = rows.shape
-    o, per_image = filters.shape[2], _tiles(h, w)
-    y = rows.new_empty(n, h, w, o)
-    chunks = _chunks(n, h, w, c + o)
-    tiles_buffer = _buffer(rows, chunks[0], per_image, c)
-    products_buffer = _buffer(rows, chunks[0], per_image, o)
-    for chunk in chunks:
-        tiles = (chunk.stop - chunk.start) * per_image
-        transformed = kernels.winograd_input(rows[chunk], out=_view(tiles_buffer, tiles, c))
-        products = torch.bmm(transformed, filters, out=_view(products_buffer, tiles, o))
+    n, h, w, _ = rows.shape
+    y = rows.new_empty(n, h, w, filters.shape[2])
+    for chunk, tiles_out, products_out in _in_chunks(rows, filters.shape[2]):
+        transformed = kernels.winograd_input(rows[chunk], out=tiles_out)
+        products = torch.bmm(transformed, filters, out=products_out)
         kernels.winograd_output(products, chunk.stop - chunk.start, h, w, out=y[chunk])
     return y.permute(0, 3, 1, 2)
 
@@ -135,18 +139,10 @@ def _conv(kernels, rows: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
 def _filter_grad(kernels, rows: torch.Tensor, grad_rows: torch.Tensor) -> torch.Tensor:
     """rows [N, H, W, C], the output gradient's grad_rows [N, H, W, O] -> dL/dU [36, C, O],
     summed over the chunks' tiles."""
-    n, h, w, c = rows.shape
-    o, per_image = grad_rows.shape[3], _tiles(h, w)
-    chunks = _chunks(n, h, w, c + o)
-    tiles_buffer = _buffer(rows, chunks[0], per_image, c)
-    grad_buffer = _buffer(rows, chunks[0], per_image, o)
-    grad_u = rows.new_zeros(36, c, o)
-    for chunk in chunks:
-        tiles = (chunk.stop - chunk.start) * per_image
-        transformed = kernels.winograd_input(rows[chunk], out=_view(tiles_buffer, tiles, c))
-        grad_tiles = kernels.winograd_output_grad(
-            grad_rows[chunk], out=_view(grad_buffer, tiles, o)
-        )
+    grad_u = rows.new_zeros(36, rows.shape[3], grad_rows.shape[3])
+    for chunk, tiles_out, grad_out in _in_chunks(rows, grad_rows.shape[3]):
+        transformed = kernels.winograd_input(rows[chunk], out=tiles_out)
+        grad_tiles = kernels.winograd_output_grad(grad_rows[chunk], out=grad_out)
         grad_u.baddbmm_(transformed.transpose(1, 2), grad_tiles)
     return grad_u
 
