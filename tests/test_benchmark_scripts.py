@@ -113,3 +113,26 @@ def test_winograd_chunks_times_every_variant_in_the_same_rounds():
         assert len(runs) == 2 and 0 < best <= median, name
     assert rows["direct"][4] == "1.00x"
     assert rows["Winograd, whole batch"][5] == "1.00x"
+
+
+@pytest.mark.slow
+def test_fused_norm_activation_times_every_block_part_both_ways():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/fused_norm_activation.py"), "--width", "16",
+         "--batch-size", "4", "--rounds", "2"],
+        capture_output=True, text=True, timeout=600, check=True,
+    ).stdout  # fmt: skip
+    rows = [line.strip("| ").split(" | ") for line in out.splitlines()
+            if line.startswith("| block")]  # fmt: skip
+    # fast's three blocks at width 16 (block 1: 4 channels), each after both convolutions
+    assert [(r[0], r[1]) for r in rows] == [
+        ("block 1: pool, BN, GELU", "[4, 4, 31, 31]"), ("block 1: BN, GELU", "[4, 4, 15, 15]"),
+        ("block 2: pool, BN, GELU", "[4, 16, 15, 15]"), ("block 2: BN, GELU", "[4, 16, 7, 7]"),
+        ("block 3: pool, BN, GELU", "[4, 16, 7, 7]"), ("block 3: BN, GELU", "[4, 16, 3, 3]"),
+    ]  # fmt: skip
+    for cells in rows:
+        assert float(cells[6]) < 1e-4, cells  # the compiled function is the same function
+        assert float(cells[5]) > 0
+    assert re.search(
+        r"^all parts, .*: eager \d+ ms, compiled \d+ ms \([\d.]+x; -?\d+ ms", out, re.M
+    )
