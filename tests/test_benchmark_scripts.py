@@ -1,6 +1,7 @@
 """The benchmark scripts BENCHMARKS.md's figures rest on run, and report what they claim to."""
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,14 @@ import pytest
 from cifarlab.models import bf16_conv, winograd
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(command_line: str) -> str:
+    """Runs `python benchmarks/SCRIPT ARGS...` as a user would; returns what it printed and
+    fails the test if the script fails."""
+    script, *args = shlex.split(command_line)
+    command = [sys.executable, str(ROOT / "benchmarks" / script), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=True).stdout
 
 
 ROUTED = {  # --against, its heading, and the algorithm column its 3x3 layers may show
@@ -22,11 +31,10 @@ ROUTED = {  # --against, its heading, and the algorithm column its 3x3 layers ma
 @pytest.mark.slow
 @pytest.mark.parametrize("against", sorted(ROUTED))
 def test_fast_step_profile_reports_both_paths_layer_by_layer(against):
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/fast_step_profile.py"), "--batch-size", "8",
-         "--steps", "1", "--repeats", "1", "--set", "width=32", "--against", against],
-        capture_output=True, text=True, timeout=600, check=True,
-    ).stdout  # fmt: skip
+    out = run_script(
+        "fast_step_profile.py --batch-size 8 --steps 1 --repeats 1 --set width=32"
+        f" --against {against}"
+    )
     plain, routed = out.split("\n## fast, ")[1:]
     dtype, routes = ROUTED[against]
     # the first path is the plain one: float32, whatever the recipe's default
@@ -55,11 +63,9 @@ def test_fast_step_profile_reports_both_paths_layer_by_layer(against):
 
 @pytest.mark.slow
 def test_the_filter_gradient_routes_are_timed_at_every_shape_of_the_network():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/bf16_weight_grad_routes.py"), "--batch-size",
-         "4", "--rounds", "2", "--set", "width=32", "--chunks-mb", "0.01"],
-        capture_output=True, text=True, timeout=600, check=True,
-    ).stdout  # fmt: skip
+    out = run_script(
+        "bf16_weight_grad_routes.py --batch-size 4 --rounds 2 --set width=32 --chunks-mb 0.01"
+    )
     routes = sorted(bf16_conv.WEIGHT_GRAD_ROUTES)
     header = next(line for line in out.splitlines() if line.startswith("| input, filters"))
     columns = [cell.split(",")[0] for cell in header.split(" | ")[1:-2]]
@@ -82,11 +88,7 @@ def test_the_filter_gradient_routes_are_timed_at_every_shape_of_the_network():
 
 
 def test_profiled_step_faults_prints_a_row_a_round_and_the_zeroing_alone():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/profiled_step_faults.py"), "--batch-size", "8",
-         "--rounds", "2", "--set", "width=32"],
-        capture_output=True, text=True, timeout=600, check=True,
-    ).stdout  # fmt: skip
+    out = run_script("profiled_step_faults.py --batch-size 8 --rounds 2 --set width=32")
     rows = re.findall(r"^\| (\d) \| [\d.]+ \| [\d,]+ \| [\d.]+ \| [\d,]+ \| (\d+) \|$", out, re.M)
     assert [r[0] for r in rows] == ["1", "2"]
     zeroing = re.findall(
@@ -97,11 +99,10 @@ def test_profiled_step_faults_prints_a_row_a_round_and_the_zeroing_alone():
 
 @pytest.mark.skipif(not winograd.available(), reason="native kernels not built")
 def test_winograd_chunks_times_every_variant_in_the_same_rounds():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/winograd_chunks.py"), "--width", "32",
-         "--batch-size", "6", "--rounds", "2", "--chunk-mb", "0.01,4", "--convolution", "winograd"],
-        capture_output=True, text=True, timeout=600, check=True,
-    ).stdout  # fmt: skip
+    out = run_script(
+        "winograd_chunks.py --width 32 --batch-size 6 --rounds 2 --chunk-mb 0.01,4"
+        " --convolution winograd"
+    )
     # every 3x3 shape by Winograd, so that the chunk sizes change what runs
     assert "2 rounds; Winograd for every 3x3 convolution shape" in out
     rows = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in out.splitlines()
@@ -117,11 +118,7 @@ def test_winograd_chunks_times_every_variant_in_the_same_rounds():
 
 @pytest.mark.slow
 def test_fused_norm_activation_times_every_block_part_both_ways():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/fused_norm_activation.py"), "--width", "16",
-         "--batch-size", "4", "--rounds", "2"],
-        capture_output=True, text=True, timeout=600, check=True,
-    ).stdout  # fmt: skip
+    out = run_script("fused_norm_activation.py --width 16 --batch-size 4 --rounds 2")
     rows = [line.strip("| ").split(" | ") for line in out.splitlines()
             if line.startswith("| block")]  # fmt: skip
     # fast's three blocks at width 16 (block 1: 4 channels), each after both convolutions
