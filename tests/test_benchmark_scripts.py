@@ -129,7 +129,9 @@ def test_fused_norm_activation_times_every_block_part_both_ways():
     ]  # fmt: skip
     for cells in rows:
         assert float(cells[6]) < 1e-4, cells  # the compiled function is the same function
-        assert float(cells[5]) > 0
+        # Compile seconds: a warm Inductor cache (a second run on the same machine) makes
+        # them round to 0.0, so only their form is fixed here.
+        assert float(cells[5]) >= 0, cells
     assert re.search(
         r"^all parts, .*: eager \d+ ms, compiled \d+ ms \([\d.]+x; -?\d+ ms", out, re.M
     )
