@@ -27,7 +27,7 @@ from ..recipes import TrainingPlan
 
 STARTUP_SECONDS = 15.0  # imports, data loading and checking, writing the first files
 # A real run's steps, averaged over the run, measured up to 9% slower than the timing run's
-# few (BENCHMARKS.md, "A time budget": 0-4% on Xeon, 2% on EPYC Zen 4, 8-9% on the EPYC AVX2
+# few (BENCHMARKS.md, "A time budget": 0-4% on Xeon, -3 to +3% on EPYC Zen 4, 8-9% on the AVX2
 # VM, whose steps swing by 20-30% from one minute to the next); so each step is priced 10%
 # above its timing, and a budget run ends within its time on the machines measured.
 STEP_MARGIN = 1.10
