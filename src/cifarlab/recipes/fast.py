@@ -3,8 +3,8 @@ its predecessors); no code of theirs.
 
 Network (models/fast.py): a frozen whitening stem, three conv-pool-BatchNorm blocks.
 Training: the whole batch normalized once; alternating flip (each image mirrored in every
-other epoch); translation by up to 2 pixels (reflect padding); optionally cutout,
-brightness and contrast jitter (off but in fast96). Label-smoothed cross-entropy; Nesterov SGD with
+other epoch); translation by up to 2 pixels (4 in fast96; reflect padding); optionally
+cutout (on in fast96), brightness and contrast jitter. Label-smoothed cross-entropy; Nesterov SGD with
 decoupled weight decay, BatchNorm biases at a larger rate, the whitening bias trained only
 at first (then frozen, its gradient no longer computed); a warm-up then a linear decay to
 zero over the run; a lookahead average written back into the weights every few steps.
