@@ -125,7 +125,7 @@ def _resolve(args: argparse.Namespace, for_plan: bool):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .runner import SeedsStopped, default_threads, run_seeds
+    from .runner import SeedsStopped, default_threads, run_seeds, stopped_at_checkpoint
 
     experiment, seeds = _resolve(args, for_plan=False)
     print(f"experiment {experiment.exp_dir}: {experiment.recipe}, seeds {args.seeds}, "
@@ -136,8 +136,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except SeedsStopped as e:
         print(f"cifarlab experiment: {e}", file=sys.stderr)
         return 128 + e.signum
-    failed = sorted(seed for seed, code in codes.items() if code != 0)
+    stopped = sorted(seed for seed, code in codes.items()
+                     if code != 0 and stopped_at_checkpoint(experiment, seed) is not None)  # fmt: skip
+    failed = sorted(seed for seed, code in codes.items() if code != 0 and seed not in stopped)
     _print_show(experiment.exp_dir, as_json=False)
+    if stopped and not failed:  # a signal sent to a trainer itself, not to us
+        print(f"cifarlab experiment: seed(s) {', '.join(map(str, stopped))} stopped at a "
+              "checkpoint; rerun the same command to go on", file=sys.stderr)  # fmt: skip
+        return 1
     if failed:
         print(f"cifarlab experiment: error: seed(s) {', '.join(map(str, failed))} failed; "
               f"see {experiment.exp_dir}/seed-N.log", file=sys.stderr)  # fmt: skip

@@ -98,13 +98,23 @@ def run_seeds(experiment: Experiment, seeds: list[int], jobs: int = 1, threads: 
     codes: dict[int, int] = {}
     stopping: list[int] = []
 
-    def stop(signum, frame) -> None:  # pass SIGTERM on; the trainers checkpoint and exit
+    def stop(signum, frame) -> None:
+        """SIGTERM or Ctrl-C: passed on to the running trainers (each in its own session, so
+        the terminal's Ctrl-C reaches only us), which checkpoint and exit; no new seed starts.
+        Every signal is passed on, as `cifarlab train` would receive it typed by hand: a
+        second one stops a trainer at once, from its last checkpoint."""
         stopping.append(signum)
         for p in running:
             if p.process.poll() is None:
                 p.process.send_signal(signum)
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:  # left alone if ignored (`nohup ... &`) or taken by a program that calls us
+            if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+                previous[signum] = signal.signal(signum, stop)
+        except ValueError:  # called from a thread other than the main one
+            pass
     try:
         while (todo and not stopping) or running:
             while todo and len(running) < jobs and not stopping:
@@ -116,18 +126,30 @@ def run_seeds(experiment: Experiment, seeds: list[int], jobs: int = 1, threads: 
                 p = ended.get()
                 running.remove(p)
                 codes[p.seed] = p.finish()
-                say(_outcome(experiment, p.seed, codes[p.seed], stopped=bool(stopping)))
-    except KeyboardInterrupt:  # Ctrl-C: the trainers checkpoint and stop, then so do we
+                say(_outcome(experiment, p.seed, codes[p.seed]))
+    except KeyboardInterrupt:  # a caller's own Ctrl-C handling: still no trainer left behind
+        stop(signal.SIGINT, None)
         for p in running:
-            if p.process.poll() is None:
-                p.process.send_signal(signal.SIGINT)  # once: a second would stop it unsaved
             codes[p.seed] = p.finish()
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if stopping:
         raise SeedsStopped(stopping[0])
     return codes
+
+
+def stopped_at_checkpoint(experiment: Experiment, seed: int) -> int | None:
+    """The step at which the seed's trainer stopped on a signal, having written a checkpoint
+    there (whoever sent the signal); None if it finished, failed, or never began."""
+    status = read_status(seed_dir(experiment.exp_dir, seed)) or {}
+    if (
+        status.get("state") == "interrupted"
+        and seed_result(seed_dir(experiment.exp_dir, seed)) is None
+    ):
+        return status.get("step")
+    return None
 
 
 class SeedsStopped(CifarlabError):
@@ -136,18 +158,21 @@ class SeedsStopped(CifarlabError):
         self.signum = signum
 
 
-def _outcome(experiment: Experiment, seed: int, code: int, stopped: bool = False) -> str:
+def _outcome(experiment: Experiment, seed: int, code: int) -> str:
     result = seed_result(seed_dir(experiment.exp_dir, seed))
-    if stopped and result is None:
-        status = read_status(seed_dir(experiment.exp_dir, seed)) or {}
-        if status.get("state") == "interrupted":  # it wrote a checkpoint as it stopped
-            return f"seed {seed}: stopped at step {status.get('step')}, checkpoint written"
-        return (
-            f"seed {seed}: stopped in start-up; a rerun starts it from its last checkpoint, if any"
-        )
     if code == 0 and result is not None:
         return (f"seed {seed}: {result['accuracy']:.2%} in {result['seconds']:.0f} s "
                 f"({result['flops']:.3g} training FLOPs)")  # fmt: skip
+    step = stopped_at_checkpoint(experiment, seed)
+    if step is not None:
+        return f"seed {seed}: stopped at step {step}, checkpoint written"
+    if code in (-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM):
+        return (
+            f"seed {seed}: stopped in start-up; a rerun starts it from its last checkpoint, if any"
+        )
+    if code < 0:  # SIGKILL and the like (the kernel's out-of-memory killer): no last checkpoint
+        return (f"seed {seed}: killed by signal {-code}, no checkpoint written as it died; "
+                "a rerun resumes it from its last checkpoint, if any")  # fmt: skip
     tail = _last_line(Path(experiment.exp_dir) / f"seed-{seed}.log")
     return f"seed {seed}: failed (exit {code}): {tail}"
 
