@@ -271,12 +271,29 @@ def test_a_signal_stops_the_running_seed_at_a_checkpoint_and_the_rerun_goes_on(t
     assert process.returncode == 128 + signum, err
     status = json.loads((exp / "seed-0" / "status.json").read_text())
     assert status["state"] == "interrupted" and 2 <= status["step"] < 60  # a checkpoint at its step
-    assert f"stopped by signal {int(signum)}; rerun the same command to go on" in err
+    assert f"stopped by {signum.name} ({int(signum)}); rerun the same command to go on" in err
     assert f"seed 0: stopped at step {status['step']}, checkpoint written" in out
     assert not (exp / "seed-1").exists()  # no new seed started after the signal
     rerun = ok(cli(*args))
     assert f"resuming {exp.resolve() / 'seed-0'}" in (exp / "seed-0.log").read_text()
     assert "n 2, mean" in rerun.stdout
+
+
+def test_a_program_calling_the_experiment_keeps_its_own_ctrl_c(tmp_path):
+    """`cifarlab.cli.main([...])` from a program: Ctrl-C is still a KeyboardInterrupt for
+    the caller (as for training called that way), raised after the trainer checkpointed."""
+    exp = tmp_path / "exp"
+    args = ["experiment", "run", str(exp), "--seeds", "0", *TINY, "--max-steps", "60"]
+    program = ("import sys\nfrom cifarlab.cli import main\ntry:\n    main(sys.argv[1:])\n"
+               "except KeyboardInterrupt:\n    sys.exit(7)\n")  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-c", program, *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal)  # fmt: skip
+    wait_for(exp / "seed-0" / "ckpt-00000002.pt", process)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 7, (out[-2000:], err[-2000:])
+    status = json.loads((exp / "seed-0" / "status.json").read_text())
+    assert status["state"] == "interrupted" and 2 <= status["step"] < 60
 
 
 def test_a_trainer_stopped_by_its_own_signal_is_reported_stopped_not_failed(tmp_path):

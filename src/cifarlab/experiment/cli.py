@@ -132,7 +132,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
           f"{args.jobs} at a time", flush=True)  # fmt: skip
     try:
         codes = run_seeds(experiment, seeds, jobs=args.jobs, threads=default_threads(args.jobs),
-                          say=lambda line: print(line, flush=True))  # fmt: skip
+                          say=lambda line: print(line, flush=True), take_ctrl_c=args.as_command)  # fmt: skip
     except SeedsStopped as e:
         print(f"cifarlab experiment: {e}", file=sys.stderr)
         return 128 + e.signum

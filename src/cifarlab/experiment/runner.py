@@ -84,9 +84,11 @@ class SeedProcess:
 
 
 def run_seeds(experiment: Experiment, seeds: list[int], jobs: int = 1, threads: int | None = None,
-              say=print) -> dict[int, int]:  # fmt: skip
+              say=print, take_ctrl_c: bool = True) -> dict[int, int]:  # fmt: skip
     """Train every unfinished seed, `jobs` at a time; returns {seed: exit code} of those run.
-    SIGTERM or Ctrl-C: the running seeds checkpoint and stop (rerun the command to go on)."""
+    SIGTERM or Ctrl-C: the running seeds checkpoint and stop (rerun the command to go on).
+    take_ctrl_c False (a program calling us): its Ctrl-C stays a KeyboardInterrupt, raised
+    once the trainers have checkpointed and stopped."""
     todo = []
     for seed in seeds:
         if seed_result(seed_dir(experiment.exp_dir, seed)) is not None:
@@ -109,7 +111,7 @@ def run_seeds(experiment: Experiment, seeds: list[int], jobs: int = 1, threads: 
                 p.process.send_signal(signum)
 
     previous = {}
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT) if take_ctrl_c else (signal.SIGTERM,):
         try:  # left alone if ignored (`nohup ... &`) or taken by a program that calls us
             if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
                 previous[signum] = signal.signal(signum, stop)
@@ -140,6 +142,13 @@ def run_seeds(experiment: Experiment, seeds: list[int], jobs: int = 1, threads: 
     return codes
 
 
+class SeedsStopped(CifarlabError):
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} ({signum}); "
+                         "rerun the same command to go on")  # fmt: skip
+        self.signum = signum
+
+
 def stopped_at_checkpoint(experiment: Experiment, seed: int) -> int | None:
     """The step at which the seed's trainer stopped on a signal, having written a checkpoint
     there (whoever sent the signal); None if it finished, failed, or never began."""
@@ -150,12 +159,6 @@ def stopped_at_checkpoint(experiment: Experiment, seed: int) -> int | None:
     ):
         return status.get("step")
     return None
-
-
-class SeedsStopped(CifarlabError):
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"stopped by signal {signum}; rerun the same command to go on")
-        self.signum = signum
 
 
 def _outcome(experiment: Experiment, seed: int, code: int) -> str:
