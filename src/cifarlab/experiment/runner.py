@@ -124,6 +124,8 @@ def run_seeds(experiment: Experiment, seeds: list[int], jobs: int = 1, threads: 
                 wait_until_free(seed_dir(experiment.exp_dir, seed))
                 say(f"seed {seed}: training (log: {experiment.exp_dir / f'seed-{seed}.log'})")
                 running.append(SeedProcess(experiment, seed, threads, echo=jobs == 1, ended=ended))
+                if stopping:  # the signal came while this trainer was being started
+                    running[-1].process.send_signal(stopping[-1])
             if running:
                 p = ended.get()
                 running.remove(p)
