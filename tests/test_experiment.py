@@ -316,6 +316,26 @@ def test_a_trainer_stopped_by_its_own_signal_is_reported_stopped_not_failed(tmp_
     assert "n 2, mean" in ok(cli(*args)).stdout
 
 
+def test_failed_and_stopped_seeds_are_both_named_in_the_error(tmp_path):
+    """One seed stopped by a signal to its trainer, the next failing: the one error line says
+    which failed and which a rerun will continue."""
+    exp = tmp_path / "exp"
+    args = ["experiment", "run", exp, "--seeds", "0-1", *TINY, "--max-steps", "60"]
+    ok(cli("experiment", "plan", *args[2:]))
+    (exp / "seed-1").mkdir()  # checkpoints without their config: the trainer refuses to start
+    (exp / "seed-1" / "ckpt-00000002.pt").write_bytes(b"not a checkpoint")
+    process = start_experiment(args)
+    wait_for(exp / "seed-0" / "ckpt-00000002.pt", process)
+    os.kill(int((exp / "seed-0" / ".lock").read_text().split()[1]), signal.SIGINT)
+    out, err = process.communicate(timeout=300)
+    step = json.loads((exp / "seed-0" / "status.json").read_text())["step"]
+    assert f"seed 0: stopped at step {step}, checkpoint written" in out, out
+    assert "seed 1: failed (exit 1): cifarlab train: error: " in out and "no config.json" in out
+    assert process.returncode == 1
+    assert err.strip() == (f"cifarlab experiment: error: seed(s) 1 failed, see {exp}/seed-N.log; "
+                           "seed(s) 0 stopped at a checkpoint, a rerun goes on from it")  # fmt: skip
+
+
 def test_show_names_where_each_seed_trained_and_a_run_moved_to_another_machine(tmp_path):
     """A run continued on another machine (here: its checkpoint's history says so, as it
     would after copying the run directory) says so when it continues, records both in its

@@ -144,9 +144,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"cifarlab experiment: seed(s) {', '.join(map(str, stopped))} stopped at a "
               "checkpoint; rerun the same command to go on", file=sys.stderr)  # fmt: skip
         return 1
-    if failed:
-        print(f"cifarlab experiment: error: seed(s) {', '.join(map(str, failed))} failed; "
-              f"see {experiment.exp_dir}/seed-N.log", file=sys.stderr)  # fmt: skip
+    if failed:  # seeds stopped by their own trainers' signals named too
+        also = (f"; seed(s) {', '.join(map(str, stopped))} stopped at a checkpoint, a rerun goes "
+                "on from it") if stopped else ""  # fmt: skip
+        print(f"cifarlab experiment: error: seed(s) {', '.join(map(str, failed))} failed, "
+              f"see {experiment.exp_dir}/seed-N.log{also}", file=sys.stderr)  # fmt: skip
         return 1
     return 0
 
