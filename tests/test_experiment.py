@@ -56,10 +56,7 @@ def test_a_killed_experiment_reruns_to_the_same_results_retraining_nothing_finis
     # checkpoint: seed 0 is finished, seed 1 interrupted, seed 2 not started.
     process = subprocess.Popen([sys.executable, "-m", "cifarlab", *args[:2], str(killed), *args[2:]],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not (killed / "seed-1" / "ckpt-00000004.pt").exists():
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_for(killed / "seed-1" / "ckpt-00000004.pt", process)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
     seed0 = (killed / "seed-0" / "result.json").stat().st_mtime_ns
