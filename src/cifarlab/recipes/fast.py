@@ -586,7 +586,7 @@ class Fast95(Fast):
     name = "fast95"
     Params = Rung95Params
     # 12 epochs of CIFAR-10 at batch 1,000 (50 steps an epoch). 650 steps (13 epochs, the
-    # most 1.0e15 FLOPs allow) measured +0.02 points over four seeds (BENCHMARKS.md): not taken.
+    # most 1.0e15 FLOPs allow) measured +0.05 points over five seeds (BENCHMARKS.md): not taken.
     run_defaults = {**Fast.run_defaults, "max_steps": 600, "batch_size": 1000,
                     "summary_every": 50, "checkpoint_every": 100}  # fmt: skip
     budget_frontier = None  # measured at one width and length so far: --budget picks the steps
