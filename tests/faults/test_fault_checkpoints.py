@@ -86,6 +86,10 @@ CASES = {
     "truncated": (lambda run, p: p.write_bytes((run / "ckpt-00000008.pt").read_bytes()[:100_000]), "not a readable"),
     "empty": (lambda run, p: p.write_bytes(b""), "not a readable"),
     "garbage": (lambda run, p: p.write_bytes(os.urandom(5000)), "not a readable"),
+    # a pickle's protocol opcode with a protocol no pickle has (1 in 256 random files begin
+    # so): torch warns about it on stderr before failing
+    "garbage with a pickle header": (lambda run, p: p.write_bytes(b"\x80\xf8" + os.urandom(5000)),
+                                     "not a readable"),
     "a directory": (lambda run, p: p.mkdir(), "not a readable"),
 }  # fmt: skip
 

@@ -18,6 +18,7 @@ import os
 import re
 import resource
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,11 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     digest (or with an empty one) is refused: its content cannot be checked. Those written
     before digests existed load only when CIFARLAB_TRUST_UNDIGESTED=1 says to trust them."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        # torch warns on stderr about some damaged files (an unknown pickle protocol) before
+        # it fails: the one-line error below says all there is to say
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as e:  # unpickling errors come in many types
