@@ -17,6 +17,8 @@ import torch
 from scipy import stats
 
 from cifarlab.experiment.results import seeds_for_power, summary
+from cifarlab.experiment.runner import settle
+from cifarlab.experiment.spec import load_experiment
 from cifarlab.machine import cpu_kind
 from cifarlab.run.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 
@@ -311,6 +313,21 @@ def test_a_trainer_stopped_by_its_own_signal_is_reported_stopped_not_failed(tmp_
     assert err.strip() == ("cifarlab experiment: seed(s) 0 stopped at a checkpoint; rerun the "
                            "same command to go on")  # fmt: skip
     assert "n 2, mean" in ok(cli(*args)).stdout
+
+
+def test_a_seed_signalled_after_writing_its_result_counts_as_finished(tmp_path):
+    """A watcher that sends SIGTERM the moment result.json appears can catch the trainer as
+    it exits: the seed finished, so it is reported with its accuracy, neither stopped nor
+    failed; a seed signalled before its result stays unfinished."""
+    exp = tmp_path / "exp"
+    ok(cli("experiment", "run", exp, "--seeds", "0", *TINY, "--max-steps", "4"))
+    experiment = load_experiment(exp)
+    accuracy = json.loads((exp / "seed-0" / "result.json").read_text())["precision_at_1"]
+    for code in (-signal.SIGTERM, 128 + signal.SIGTERM, 128 + signal.SIGINT):
+        counted, line = settle(experiment, 0, code)
+        assert counted == 0 and line.startswith(f"seed 0: {accuracy:.2%} in "), (code, line)
+    counted, line = settle(experiment, 1, -signal.SIGTERM)
+    assert counted == -signal.SIGTERM and line.startswith("seed 1: stopped in start-up"), line
 
 
 def test_failed_and_stopped_seeds_are_both_named_in_the_error(tmp_path):

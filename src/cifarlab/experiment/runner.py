@@ -129,8 +129,8 @@ def run_seeds(experiment: Experiment, seeds: list[int], jobs: int = 1, threads: 
             if running:
                 p = ended.get()
                 running.remove(p)
-                codes[p.seed] = p.finish()
-                say(_outcome(experiment, p.seed, codes[p.seed]))
+                codes[p.seed], line = settle(experiment, p.seed, p.finish())
+                say(line)
     except KeyboardInterrupt:  # a caller's own Ctrl-C handling: still no trainer left behind
         stop(signal.SIGINT, None)
         for p in running:
@@ -163,23 +163,26 @@ def stopped_at_checkpoint(experiment: Experiment, seed: int) -> int | None:
     return None
 
 
-def _outcome(experiment: Experiment, seed: int, code: int) -> str:
+def settle(experiment: Experiment, seed: int, code: int) -> tuple[int, str]:
+    """The seed's exit code as the experiment counts it, and the line that reports the seed.
+    A seed whose result is written finished, whatever its trainer's code: a signal that came
+    as the trainer exited after writing it (a watcher waiting for result.json) undoes nothing."""
     result = seed_result(seed_dir(experiment.exp_dir, seed))
-    if code == 0 and result is not None:
-        return (f"seed {seed}: {result['accuracy']:.2%} in {result['seconds']:.0f} s "
-                f"({result['flops']:.3g} training FLOPs)")  # fmt: skip
+    if result is not None:
+        return 0, (f"seed {seed}: {result['accuracy']:.2%} in {result['seconds']:.0f} s "
+                   f"({result['flops']:.3g} training FLOPs)")  # fmt: skip
     step = stopped_at_checkpoint(experiment, seed)
     if step is not None:
-        return f"seed {seed}: stopped at step {step}, checkpoint written"
+        return code, f"seed {seed}: stopped at step {step}, checkpoint written"
     if code in (-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM):
-        return (
+        return code, (
             f"seed {seed}: stopped in start-up; a rerun starts it from its last checkpoint, if any"
         )
     if code < 0:  # SIGKILL and the like (the kernel's out-of-memory killer): no last checkpoint
-        return (f"seed {seed}: killed by signal {-code}, no checkpoint written as it died; "
-                "a rerun resumes it from its last checkpoint, if any")  # fmt: skip
+        return code, (f"seed {seed}: killed by signal {-code}, no checkpoint written as it "
+                      "died; a rerun resumes it from its last checkpoint, if any")  # fmt: skip
     tail = _last_line(Path(experiment.exp_dir) / f"seed-{seed}.log")
-    return f"seed {seed}: failed (exit {code}): {tail}"
+    return code, f"seed {seed}: failed (exit {code}): {tail}"
 
 
 def _last_line(path: Path) -> str:
