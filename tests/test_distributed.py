@@ -13,9 +13,11 @@ import torch
 
 from cifarlab.cli import main
 from cifarlab.config import build_config
+from cifarlab.data.datasets import load_run_split
 from cifarlab.errors import ConfigError
 from cifarlab.models.tutorial import TutorialNet
 from cifarlab.run.checkpoint import list_checkpoints, load_checkpoint
+from cifarlab.run.config_file import load_config
 from cifarlab.train.distributed import per_rank_batch_size
 
 pytestmark = pytest.mark.slow
@@ -109,6 +111,30 @@ def test_hard_example_selection_on_two_ranks_gathers_and_resumes_exactly(tmp_pat
     assert torch.equal(again["data"]["example_losses"], end["data"]["example_losses"])
     for name, w in end["model"].items():
         assert torch.equal(again["model"][name], w), name
+
+
+def test_a_proxy_chooses_the_same_batch_on_two_ranks_as_in_one_process(tmp_path):
+    """Each rank scores the whole global draw with its own copy of the proxy and trains on
+    its half of the chosen batch (recipes/proxy.py's `shard`): the proxies, and so the
+    chosen batches, stay identical to one process's, bit for bit."""
+    common = [*DATA, "--recipe", "fast", "--set", "width=16", "--set", "hard_keep=1",
+              "--set", "proxy_keep=0.5", "--set", "proxy_width=16", "--set", "precision=float32",
+              "--max-steps", "6", "--checkpoint-every", "6"]  # fmt: skip
+    out = _run(_torchrun(*common, "--run-dir", str(tmp_path / "two"), "--batch-size", "16"))
+    assert "batch 32 (2 x 16, chosen from 64 candidates)" in out
+    subprocess.run([sys.executable, "-m", "cifarlab", "train", *common, "--run-dir", str(tmp_path / "one"),
+                    "--batch-size", "32", "--threads", "1"], check=True, capture_output=True)  # fmt: skip
+    two = load_checkpoint(tmp_path / "two" / "ckpt-00000006.pt")
+    one = load_checkpoint(tmp_path / "one" / "ckpt-00000006.pt")
+    for name, w in one["selector"]["model"].items():
+        assert torch.equal(two["selector"]["model"][name], w), name
+    # The networks themselves differ by more than rounding, with or without a proxy: each
+    # rank's BatchNorm normalizes by its own half of the batch. That they trained:
+    config = load_config(tmp_path / "two")
+    images, _ = load_run_split(config.run, tmp_path / "two", "train")
+    torch.manual_seed(config.run.seed)
+    initial = config.recipe.build_model(10, images).state_dict()
+    assert not torch.equal(two["model"]["head.weight"], initial["head.weight"])
 
 
 def test_a_stopped_two_process_run_resumes_from_its_checkpoint(tmp_path):

@@ -253,11 +253,14 @@ SMALL = ["--recipe", "fast-sgd", "--synthetic", "--set", "synthetic_train_per_cl
     "conv_optimizer, extra",
     [("sgd", []), ("muon", []), ("muon", ["--set", "hard_keep=0.5", "--set", "hard_from_epoch=1"]),
      ("muon", ["--set", "precision=bfloat16"]),  # models/bf16_conv.py's routes, timed here
-     ("muon", ["--set", "residual=true", "--set", "cutout=8"])],
+     ("muon", ["--set", "residual=true", "--set", "cutout=8"]),
+     # 80 candidates a step, 5 steps an epoch: step 9 is mid-epoch, between proxy steps
+     ("muon", ["--set", "proxy_keep=0.8", "--set", "proxy_width=16"])],
 )  # fmt: skip
 def test_a_short_run_learns_and_resumes_exactly_mid_epoch(tmp_path, capsys, conv_optimizer, extra):
     """With hard-example selection too: step 9 is mid-way through the first selected epoch.
-    In bfloat16 too: its routes are deterministic, so the resumed run is bit-identical."""
+    In bfloat16 too: its routes are deterministic, so the resumed run is bit-identical.
+    With a proxy choosing the batches: it resumes where it was, to the bit."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     common = [
         *SMALL,
@@ -292,6 +295,11 @@ def test_a_short_run_learns_and_resumes_exactly_mid_epoch(tmp_path, capsys, conv
     if "hard_keep=0.5" in extra:  # the selection ran; the resumed run kept the same losses
         assert torch.isfinite(a["data"]["example_losses"]).sum() >= 384
         assert torch.equal(a["data"]["example_losses"], b["data"]["example_losses"])
+    if "proxy_keep=0.8" in extra:  # the proxy's weights and momentum came back too
+        assert a["selector"]["model"].keys() == b["selector"]["model"].keys()
+        assert all(
+            torch.equal(v, b["selector"]["model"][k]) for k, v in a["selector"]["model"].items()
+        )
     assert main(["eval", str(straight), "--tta", "--json"]) == 0
     tta = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert tta["precision_at_1"] == result["precision_at_1"]  # the final evaluation used TTA

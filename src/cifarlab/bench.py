@@ -133,7 +133,7 @@ def bench_train(
         for _ in range(n):
             apply_step(state, forward_step(state, recipe_obj, state.plan))
 
-    batch = state.batches.global_batch_size
+    batch = state.plan.global_batch_size  # trained on (a selector draws more)
     result = _measure(
         lambda: run(warmup_steps), lambda: run(steps), steps * batch, repeats, dev, batch
     )

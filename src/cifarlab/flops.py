@@ -2,7 +2,9 @@
 
 A step's FLOPs are what torch's FLOP counter sees in forward, loss, backward and the
 optimizer step (matrix products and convolutions: Muon's orthogonalization counts, SGD's
-element-wise update does not, as the published records count). A step's cost depends only
+element-wise update does not, as the published records count), and in choosing the batch
+where the recipe chooses it (a proxy network's scoring and training, recipes/proxy.py;
+`selection_flops`). A step's cost depends only
 on the shape of the images the recipe makes in its epoch (progressive resizing) and on the
 kind of step the recipe's `prepare_step` names (a frozen layer needs fewer gradients), so
 each (shape, kind) is counted once and the run's total is the sum over its steps.
@@ -106,6 +108,50 @@ def step_flops(config: TrainConfig, step: int, plan: TrainingPlan) -> int:
                + (plan.global_batch_size - small) * per_image)  # fmt: skip
 
 
+def _extrapolated(counted, at: int) -> int:
+    """counted(n): the FLOPs of something linear in a batch of n (a + b n), counted at the
+    two small batches; its value at `at`."""
+    small, large = COUNTED_BATCHES
+    a, b = counted(small), counted(large)
+    return int(a + (at - small) * (b - a) // (large - small))
+
+
+def selection_flops(config: TrainConfig, plan: TrainingPlan) -> tuple[int, int]:
+    """(the run's, the first step's) FLOPs of the recipe's example selector, 0 without one:
+    the proxy scoring every step's candidates, and its own training steps on the chosen
+    batch (recipes/proxy.py), counted as a training step is."""
+    recipe = config.recipe.for_flop_count()
+    num_classes = dataset_info(config.run.dataset).num_classes
+    g = torch.Generator().manual_seed(0)
+    probe = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, num_classes, (8,), generator=g)
+    torch.manual_seed(0)
+    selector = recipe.example_selector(num_classes, probe, plan.global_batch_size,
+                                       torch.device("cpu"))  # fmt: skip
+    if selector is None:
+        return 0, 0
+    x = recipe.train_transform(probe, torch.Generator().manual_seed(0),
+                               BatchPosition(0, 0, 8, torch.arange(8)))  # fmt: skip
+
+    def scoring(n: int) -> int:
+        with FlopCounterMode(display=False) as counter:
+            with recipe.autocast(torch.device("cpu")):
+                selector.losses(x[:n], labels[:n])
+        return counter.get_total_flops()
+
+    def training(n: int) -> int:
+        with FlopCounterMode(display=False) as counter:
+            with recipe.autocast(torch.device("cpu")):
+                selector.train_on(x[:n], labels[:n], 0, plan)
+        return counter.get_total_flops()
+
+    scored = _extrapolated(scoring, recipe.candidate_batch(plan.global_batch_size))
+    trained = _extrapolated(training, plan.global_batch_size)
+    training_steps = sum(selector.trains_at(step) for step in range(plan.max_steps))
+    first = scored + (trained if selector.trains_at(0) else 0)
+    return plan.max_steps * scored + training_steps * trained, first
+
+
 def image_shape(config: TrainConfig, epoch: int) -> tuple[int, ...]:
     """The shape of one model input the recipe makes in `epoch`."""
     probe = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
@@ -138,5 +184,6 @@ def training_flops(config: TrainConfig, train_examples: int, world_size: int = 1
         if key not in by_kind:
             by_kind[key] = step_flops(config, step, plan)
         total += by_kind[key]
-    first = next(iter(by_kind.values()))
-    return {"run_flops": total, "step_flops": first, "kinds": len(by_kind)}
+    selected, selected_first = selection_flops(config, plan)
+    first = next(iter(by_kind.values())) + selected_first
+    return {"run_flops": total + selected, "step_flops": first, "kinds": len(by_kind)}

@@ -50,16 +50,17 @@ class TrainingPlan:
     """Facts about the run that schedules are functions of, besides the step."""
 
     max_steps: int
-    steps_per_epoch: int
-    global_batch_size: int
+    steps_per_epoch: int  # of the examples drawn (candidates, where the recipe selects)
+    global_batch_size: int  # the examples the network trains on in a step, over all ranks
     train_examples: int
 
     @classmethod
     def for_run(cls, config, train_examples: int, world_size: int = 1) -> TrainingPlan:
         """The plan the trainer makes for `config` (a TrainConfig) on this many examples:
-        each epoch's last partial global batch dropped, as data/loader.py drops it."""
+        each epoch's last partial draw dropped, as data/loader.py drops it."""
         batch = config.global_batch_size(world_size)
-        return cls(config.run.max_steps, train_examples // batch, batch, train_examples)
+        drawn = config.recipe.candidate_batch(batch)  # an epoch counts the examples drawn
+        return cls(config.run.max_steps, train_examples // drawn, batch, train_examples)
 
 
 class Recipe:
@@ -107,6 +108,17 @@ class Recipe:
     def hard_examples(self) -> HardExamples | None:
         """Hard-example selection for the later epochs (data/loader.py), or None: every
         epoch a permutation of the whole training set."""
+        return None
+
+    def candidate_batch(self, global_batch: int) -> int:
+        """Examples drawn for each step whose global batch is `global_batch`: more than that
+        when the recipe's example_selector chooses the batch from them, else the same."""
+        return global_batch
+
+    def example_selector(self, num_classes: int, train_images: torch.Tensor | None,
+                         global_batch: int, device: torch.device):  # fmt: skip
+        """What chooses each step's `global_batch` examples from candidate_batch() candidates
+        (the interface: recipes/proxy.py's ProxySelector), or None: the batch is the draw."""
         return None
 
     def example_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -33,12 +33,14 @@ from torch import nn
 
 from ..averaging import copy_saved_tensors
 from ..data.loader import HardExamples
+from ..errors import ConfigError
 from ..frontier import Frontier, Measured
 from ..models import bf16_conv, winograd
 from ..models.fast import FastNet
 from ..muon import Muon
 from ..settings import setting, with_defaults
 from . import Recipe, TrainingPlan, register
+from .proxy import ProxySelector, proxy_params
 
 # Channel statistics of the CIFAR-10 training set, on the 0-255 scale (docs/tutorial.md).
 MEAN = (125.31, 122.95, 113.87)
@@ -141,6 +143,16 @@ class Params:
         above=0, at_most=1,
     )  # fmt: skip
     hard_from_epoch: int = setting(2, "first epoch drawn from the hardest examples", at_least=1)
+    proxy_keep: float = setting(
+        1.0, "each step draws batch / this candidates and trains on the batch of them a small "
+        "proxy network finds hardest (recipes/proxy.py; 1: off, the batch is the draw)",
+        above=0, at_most=1,
+    )  # fmt: skip
+    proxy_width: int = setting(64, "the proxy network's blocks 2 and 3 (block 1: half)", at_least=8)
+    proxy_train_every: int = setting(
+        4, "the proxy takes a training step on its selection every this many steps (it "
+        "scores the candidates at every step)", at_least=1,
+    )  # fmt: skip
     conv_optimizer: str = setting(
         "sgd", "the convolution filters' optimizer: sgd, or muon (orthogonalized momentum)",
         choices=("sgd", "muon"),
@@ -320,6 +332,9 @@ class FastSGD(Recipe):
 
     def __init__(self, params: Params | None = None) -> None:
         super().__init__(params)
+        if self.params.proxy_keep < 1 and self.params.hard_keep < 1:
+            raise ConfigError("hard_keep and proxy_keep both select examples: set one of "
+                              "them to 1")  # fmt: skip
         self.normalize = Normalize()  # built once, not at every step
         self._bf16_verdict: bool | None = None
 
@@ -381,6 +396,17 @@ class FastSGD(Recipe):
         if self.params.hard_keep >= 1:
             return None
         return HardExamples(self.params.hard_keep, self.params.hard_from_epoch)
+
+    def candidate_batch(self, global_batch: int) -> int:
+        return max(global_batch, round(global_batch / self.params.proxy_keep))
+
+    def example_selector(self, num_classes, train_images, global_batch, device):
+        p = self.params
+        if p.proxy_keep >= 1:
+            return None
+        proxy = FastSGD(proxy_params(Params, p.proxy_width))
+        return ProxySelector(proxy, num_classes, train_images, global_batch,
+                             p.proxy_train_every, device)  # fmt: skip
 
     def tta_logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         def mirrored(v):

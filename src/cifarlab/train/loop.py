@@ -31,6 +31,7 @@ from ..errors import CifarlabError, ConfigError
 from ..evaluate import evaluate_model
 from ..machine import ran_on
 from ..recipes import Recipe, TrainingPlan
+from ..recipes.proxy import shard
 from ..run.checkpoint import (
     CheckpointError,
     remove_stale_temporaries,
@@ -76,6 +77,11 @@ class TrainingState:
     average: Any  # the recipe's weight average, or None
     loss_average: ScalarAverage
     plan: TrainingPlan  # what schedules are functions of, besides the step
+    # The recipe's example selector (recipes/proxy.py), or None; with one, `batches` draws
+    # the whole global batch of candidates on every rank and this rank trains on `shard`
+    # (rank, world size) of the chosen batch.
+    selector: Any = None
+    shard: tuple[int, int] = (0, 1)
     seconds_before: float = 0.0  # wall time of earlier commands, up to the checkpoint resumed
     clock_start: float = 0.0  # perf_counter() when this command began
     # One entry per command that trained this run: {from_step, ran_on, arithmetic}, so a
@@ -94,6 +100,7 @@ class TrainingState:
             "average": self.average.state_dict() if self.average is not None else None,
             "loss_average": self.loss_average.state_dict(), "world_size": world_size,
             "config": config.to_dict(), "seconds": self.seconds(), "history": self.history,
+            "selector": self.selector.state_dict() if self.selector is not None else None,
         }  # fmt: skip
 
     def restore(self, state: dict, world_size: int, run_dir: Path) -> None:
@@ -117,6 +124,11 @@ class TrainingState:
             raise ConfigError(f"cannot continue {run_dir} with {world_size} process(es): {e}; "
                               "use the same number of processes, or a fixed --global-batch-size") from None  # fmt: skip
         self.loss_average.load_state_dict(state["loss_average"])
+        if self.selector is not None:
+            if not state.get("selector"):
+                raise CheckpointError(f"{run_dir}: its checkpoint has no state of the example "
+                                      "selector this run uses")  # fmt: skip
+            self.selector.load_state_dict(state["selector"])
         if self.average is not None:
             self.average.load_state_dict(saved_average(state, run_dir))
         self.step = int(state["step"])
@@ -168,25 +180,41 @@ def build_state(
     recipe.prepare_device(device)  # kernels built, routes chosen: before the first step
     model = recipe.build_model(num_classes, images).to(device)
     optimizer = recipe.build_optimizer(model)
+    global_batch = config.global_batch_size(placement.world_size)
+    selector = recipe.example_selector(num_classes, images, global_batch, device)
     try:
-        batches = TrainBatches(
-            images, labels, distributed.per_rank_batch_size(config.run, placement.world_size),
-            transform=recipe.train_transform, seed=config.run.seed, device=device,
-            rank=placement.rank, world_size=placement.world_size,
-            hard_examples=recipe.hard_examples(),
-            gather=functools.partial(distributed.gather_batch, placement=placement),
-        )  # fmt: skip
+        if selector is None:
+            batches = TrainBatches(
+                images, labels, distributed.per_rank_batch_size(config.run, placement.world_size),
+                transform=recipe.train_transform, seed=config.run.seed, device=device,
+                rank=placement.rank, world_size=placement.world_size,
+                hard_examples=recipe.hard_examples(),
+                gather=functools.partial(distributed.gather_batch, placement=placement),
+            )  # fmt: skip
+        else:  # every rank draws every candidate, as one process would
+            distributed.per_rank_batch_size(config.run, placement.world_size)  # it divides
+            batches = TrainBatches(images, labels, recipe.candidate_batch(global_batch),
+                                   transform=recipe.train_transform, seed=config.run.seed,
+                                   device=device)  # fmt: skip
     except ValueError as e:  # a batch larger than the data set
         raise ConfigError(f"{e}: use a smaller --batch-size") from None
     # DDP averages gradients over ranks during backward; on one process it is not needed.
     net = model
     if placement.world_size > 1:
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    plan = TrainingPlan(config.run.max_steps, batches.steps_per_epoch, batches.global_batch_size,
+    plan = TrainingPlan(config.run.max_steps, batches.steps_per_epoch, global_batch,
                         images.shape[0])  # fmt: skip
     average = recipe.weight_average(model, plan)  # on every rank: an average may write back
     return TrainingState(0, model, net, optimizer, batches, average,
-                         ScalarAverage(config.run.loss_average_decay), plan)  # fmt: skip
+                         ScalarAverage(config.run.loss_average_decay), plan, selector=selector,
+                         shard=(placement.rank, placement.world_size))  # fmt: skip
+
+
+def drawn_from(state: TrainingState) -> str:
+    """For the console: where a selector chooses each batch, from how many candidates."""
+    if state.selector is None:
+        return ""
+    return f", chosen from {state.batches.global_batch_size} candidates"
 
 
 def forward_step(state: TrainingState, recipe: Recipe, plan: TrainingPlan) -> StepResult:
@@ -198,6 +226,9 @@ def forward_step(state: TrainingState, recipe: Recipe, plan: TrainingPlan) -> St
     recipe.prepare_step(state.model, state.step, plan)
     images, labels = state.batches.next_batch()
     with recipe.autocast(images.device):
+        if state.selector is not None:
+            chosen = shard(state.selector.select(state.step, images, labels, plan), *state.shard)
+            images, labels = images[chosen], labels[chosen]  # indexing keeps the layout
         logits = state.net(images)
     loss, terms = recipe.loss(state.model, logits.float(), labels)
     if state.batches.hard_examples is not None:  # the table hard-example selection draws from
@@ -288,7 +319,7 @@ def _train(
         state.restore(start.state, placement.world_size, run_dir)
     arithmetic = recipe.arithmetic(placement.device)
     changed = state.continue_here(ran_on(placement.device, placement.world_size), arithmetic)
-    batches, plan = state.batches, state.plan
+    plan = state.plan
     report = Reporter(run, run_dir, state, is_main=is_main, progress=progress,
                       activation_points=recipe.activation_points(state.model))  # fmt: skip
     for note in start.notes + ([changed] if changed else []):
@@ -298,8 +329,9 @@ def _train(
     else:
         report.describe_new_run(config, recipe.eval_preprocess().to(placement.device))
     report.console(f"training {config.recipe_spec} on {info.title}{' (synthetic)' if run.synthetic else ''}: "
-                   f"{train_images.shape[0]:,} images, batch {batches.global_batch_size} "
-                   f"({placement.world_size} x {batches.batch_size}), {run.max_steps:,} steps, "
+                   f"{train_images.shape[0]:,} images, batch {plan.global_batch_size} "
+                   f"({placement.world_size} x {plan.global_batch_size // placement.world_size}"
+                   f"{drawn_from(state)}), {run.max_steps:,} steps, "
                    f"device {placement.device} in {arithmetic}, {torch.get_num_threads()} CPU threads, "
                    f"run dir {run_dir}")  # fmt: skip
     del start

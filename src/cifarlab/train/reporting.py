@@ -75,7 +75,8 @@ class Reporter:
             return
         if step % self.run.log_every == 0 or last:
             elapsed = time.perf_counter() - self.interval_start
-            self.examples_per_sec = self.interval_steps * self.batches.global_batch_size / elapsed
+            trained = self.interval_steps * state.plan.global_batch_size  # not the candidates
+            self.examples_per_sec = trained / elapsed
             self.log.console(f"{time.strftime('%Y-%m-%d %H:%M:%S')}: step {step}, loss = {result.loss.item():.2f} "
                              f"({self.examples_per_sec:.1f} examples/sec; {elapsed / self.interval_steps:.3f} sec/batch)")  # fmt: skip
             self.interval_start, self.interval_steps = time.perf_counter(), 0
