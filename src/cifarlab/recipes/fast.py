@@ -11,6 +11,9 @@ zero over the run; a lookahead average written back into the weights every few s
 Evaluation: the image, its mirror and two 1-pixel shifts, averaged.
 
 `conv_optimizer=muon` trains the convolution filters with Muon (cifarlab/muon.py) instead.
+Two ways to spend the steps on hard examples: `hard_keep` (each epoch from the examples with
+the highest loss when last seen: data/loader.py) or `proxy_keep` (each batch chosen from more
+candidates by a small proxy network's loss now: recipes/proxy.py).
 Named configurations of the one recipe:
   fast-sgd    SGD throughout, width 256, 10 epochs at batch 1,024
   fast-muon   Muon for the filters with airbench94-Muon's settings, width 256, 8 epochs
