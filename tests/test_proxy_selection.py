@@ -13,6 +13,7 @@ from cifarlab.flops import selection_flops, training_flops
 from cifarlab.recipes import TrainingPlan, get_recipe
 from cifarlab.recipes.fast import Params
 from cifarlab.recipes.proxy import hardest_in_order, shard
+from cifarlab.run.checkpoint import DIGEST_KEY, load_checkpoint, save_checkpoint
 
 
 def test_the_hardest_candidates_are_chosen_in_their_own_order_ties_to_the_first():
@@ -99,3 +100,23 @@ def test_two_selections_at_once_are_refused_in_one_line(tmp_path, capsys):
     assert main(["train", "--recipe", "fast", "--set", "proxy_keep=0", "--synthetic",
                  "--run-dir", str(tmp_path / "zero"), "--max-steps", "2"]) != 0  # fmt: skip
     assert "proxy_keep must be above 0" in capsys.readouterr().err
+
+
+def test_resuming_a_proxy_run_from_a_checkpoint_without_the_proxy_is_refused(tmp_path, capsys):
+    """A checkpoint that lost the proxy's weights cannot continue the run exactly: one line."""
+    run = tmp_path / "run"
+    small = ["--recipe", "fast", "--synthetic", "--set", "synthetic_train_per_class=8",
+             "--set", "synthetic_test_per_class=2", "--batch-size", "16", "--threads", "1",
+             "--no-progress", "--set", "width=16", "--set", "proxy_keep=0.5",
+             "--set", "proxy_width=8", "--set", "hard_keep=1"]  # fmt: skip
+    assert main(["train", *small, "--run-dir", str(run), "--max-steps", "4",
+                 "--checkpoint-every", "2"]) == 0  # fmt: skip
+    capsys.readouterr()
+    (run / "ckpt-00000004.pt").unlink()
+    state = load_checkpoint(run / "ckpt-00000002.pt")
+    assert state["selector"]["model"]  # the proxy was saved
+    del state[DIGEST_KEY]
+    save_checkpoint(run, 2, {**state, "selector": None})
+    assert main(["train", "--run-dir", str(run), "--no-progress"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no state of the example selector" in err[0]
