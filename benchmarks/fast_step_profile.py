@@ -14,6 +14,9 @@ fp32 matrix-product peak it reaches, measured in one run:
 3. a torch.profiler table of one more step: self CPU time by operator family, and each
    convolution layer's forward and backward by its input shapes, with the algorithm each
    ran (the library's direct convolution, a bfloat16 filter-gradient route, or Winograd).
+Where a proxy network chooses the batch (`--set proxy_keep=...`), its FLOPs a step (averaged
+over the run: it scores every step, trains on some) count in the step's, and its time is a
+family of its own, apart from the network's layers.
 The recipe runs in float32 unless --set precision=... says otherwise. With --against, the
 same for the recipe with those settings changed, in the same run, and how many times as
 fast its step is (`--against precision=bfloat16`: the plain float32 path beside the
@@ -33,7 +36,7 @@ from collections import defaultdict
 
 import torch
 
-from cifarlab.flops import step_flops
+from cifarlab.flops import selection_flops, step_flops
 from cifarlab.machine import device_name, matmul_peak_gflops
 from cifarlab.models import bf16_conv, winograd
 from cifarlab.recipes import TrainingPlan
@@ -98,7 +101,17 @@ def measure(args, label: str, settings: dict, peak: float) -> float:
     # A typical step, mid-run: the whitening bias frozen (the recipe's prepare_step), as in
     # most of a run's steps, and full-size images (without progressive resizing).
     state.step = config.run.max_steps // 2
-    flops = step_flops(config, state.step, TrainingPlan.for_run(config, 50_000))
+    plan = TrainingPlan.for_run(config, 50_000)
+    selection = selection_flops(config, plan)[0] // plan.max_steps  # 0 without a proxy
+    flops = step_flops(config, state.step, plan) + selection
+    if state.selector is not None:  # its time apart in the profile: a region of its own
+        select = state.selector.select
+
+        def labelled_select(*a, **kw):
+            with torch.profiler.record_function(PROXY_LABEL):
+                return select(*a, **kw)
+
+        state.selector.select = labelled_select
 
     faults: list[float] = []  # minor page faults a step: memory the kernel hands out anew
 
@@ -131,8 +144,11 @@ def measure(args, label: str, settings: dict, peak: float) -> float:
     print(f"profiled step: {profiled_s:.2f} s, {faults[-1]:,.0f} minor page faults (the "
           "operator times below include the kernel's zeroing of those pages, mostly in "
           "fill_ and copy_)")  # fmt: skip
-    outside, regions = split_route_regions(prof)
+    rest, proxy = split_regions(prof.events(), (PROXY_LABEL,))
+    outside, regions = split_regions(rest, ROUTE_LABELS)
     by_family: dict[str, float] = defaultdict(float)
+    for event in proxy:  # whatever it ran: the proxy's scoring and training
+        by_family["proxy network choosing the batch"] += event.cpu_time_total / 1e3
     for event in outside:
         by_family[family(event.name)] += event.self_cpu_time_total / 1e3
     for event in regions:  # whatever operators a route ran: convolution work
@@ -156,12 +172,15 @@ FORWARD_OPS = ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward")
 BACKWARD_OPS = ("aten::convolution_backward", "aten::_slow_conv2d_backward")
 
 
-def split_route_regions(prof) -> tuple[list, list]:
-    """(every profiled operator outside the convolution routes' labelled regions, the
-    regions): bf16_conv's filter gradients and Winograd's passes. A region's time, whatever
-    it ran (matrix products, copies, transforms), is its layer's."""
-    events = prof.events()
-    regions = [e for e in events if e.name.startswith(ROUTE_LABELS)]
+PROXY_LABEL = "cifarlab proxy selection"
+
+
+def split_regions(events: list, labels: tuple[str, ...]) -> tuple[list, list]:
+    """(the profiled operators outside the regions whose names begin with one of `labels`,
+    those regions): bf16_conv's filter gradients and Winograd's passes, or the proxy's
+    selection. A region's time, whatever it ran (matrix products, copies, transforms), is
+    its own."""
+    regions = [e for e in events if e.name.startswith(labels)]
     inside: set[int] = set()
     stack = [child for region in regions for child in region.cpu_children]
     while stack:

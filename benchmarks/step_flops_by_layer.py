@@ -6,7 +6,9 @@ A Markdown table of a typical mid-run step (full-size images, the whitening bias
 in most of a run's steps): each layer's forward and backward FLOPs at the run's batch, as
 the training-FLOP count behind `experiment show` counts them (cifarlab/flops.py: matrix
 products and convolutions, Muon's orthogonalization in the optimizer's step), with each
-layer's share and the step's total, then the run's total. Counting only: nothing is timed,
+layer's share and the step's total, then the run's total. Where a proxy network chooses the
+batch (`proxy_keep`), its FLOPs a step, averaged over the run (it scores every step and
+trains on some), are a row of their own. Counting only: nothing is timed,
 so it runs in seconds beside anything else.
 """
 
@@ -17,11 +19,13 @@ import argparse
 import torch
 
 from cifarlab.config import build_config, parse_set
-from cifarlab.flops import step_flops_by_module, training_flops
+from cifarlab.flops import selection_flops, step_flops_by_module, training_flops
 from cifarlab.recipes import TrainingPlan
 
 TRAIN_EXAMPLES = 50_000
-LABELS = {"": "loss", "(network)": "the network's own forward (the whitening stem)"}
+PROXY = "(proxy)"
+LABELS = {"": "loss", "(network)": "the network's own forward (the whitening stem)",
+          PROXY: "the proxy network choosing the batch (average a step)"}  # fmt: skip
 
 
 def describe(name: str, modules: dict) -> str:
@@ -50,6 +54,9 @@ def main() -> None:
     plan = TrainingPlan.for_run(config, TRAIN_EXAMPLES)
     step = plan.max_steps // 2
     by_layer = step_flops_by_module(config, step, plan)
+    selection, _ = selection_flops(config, plan)
+    if selection:
+        by_layer[PROXY] = selection // plan.max_steps
     total = sum(by_layer.values())
     images = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
     model = config.recipe.for_flop_count().build_model(10, images)

@@ -62,6 +62,25 @@ def test_fast_step_profile_reports_both_paths_layer_by_layer(against):
 
 
 @pytest.mark.slow
+def test_fast_step_profile_shows_a_proxys_time_apart_from_the_networks_layers():
+    plain, proxied = (
+        run_script(f"fast_step_profile.py --batch-size 8 --steps 1 --repeats 1 --set width=32{extra}")
+        for extra in ("", " --set hard_keep=1 --set proxy_keep=0.5 --set proxy_width=16")
+    )  # fmt: skip
+    family = re.search(
+        r"^\| proxy network choosing the batch \| ([\d,]+) \| (\d+)% \|$", proxied, re.M
+    )
+    assert family and "proxy network" not in plain
+    # its convolutions (16 -> 32 -> 32 at 16 candidates) are its own, not rows of the layers
+    rows = [line for line in proxied.splitlines() if line.startswith("| [")]
+    assert len(rows) == 6 and all(r.startswith("| [8, ") for r in rows), proxied
+    # its scoring and training count in the step's FLOPs: more GFLOP an image than without
+    per_image = [float(re.search(r"images/s; ([\d.]+) GFLOP an image", out).group(1))
+                 for out in (plain, proxied)]  # fmt: skip
+    assert per_image[1] > per_image[0]
+
+
+@pytest.mark.slow
 def test_the_filter_gradient_routes_are_timed_at_every_shape_of_the_network():
     out = run_script(
         "bf16_weight_grad_routes.py --batch-size 4 --rounds 2 --set width=32 --chunks-mb 0.01"
