@@ -394,6 +394,42 @@ def test_a_budget_counts_each_kind_of_step_at_its_own_cost(monkeypatch):
     )
 
 
+@pytest.mark.slow
+def test_a_budget_prices_a_proxys_training_at_its_share_of_the_steps(monkeypatch):
+    """A proxy that trains every 4th step: each kind of step is timed over whole cycles of
+    4, so its training is in one timed step of 4, as in the run; an epoch counts the
+    candidates drawn, as the run's does."""
+    from cifarlab.recipes.proxy import ProxySelector
+    from cifarlab.train import budget
+
+    trained = []
+    train_on = ProxySelector.train_on
+    monkeypatch.setattr(ProxySelector, "train_on",
+                        lambda self, *a: trained.append(a[2]) or train_on(self, *a))  # fmt: skip
+    timed = []  # (timed calls, the proxy's training steps among them)
+
+    def fake_timed(fn, repeats):
+        fn()  # the warm-up, as budget._timed
+        before = len(trained)
+        for _ in range(repeats):
+            fn()
+        timed.append((repeats, len(trained) - before))
+        return 1.0
+
+    monkeypatch.setattr(budget, "_timed", fake_timed)
+    monkeypatch.setattr(budget, "_clock", lambda: 0.0)
+    config = build_config("fast-sgd", {"batch_size": 32, "width": 32, "whiten_bias_epochs": 1,
+                                       "hard_keep": 1, "proxy_keep": 0.5, "proxy_width": 16,
+                                       "proxy_train_every": 4})  # fmt: skip
+    lines = []
+    # 400 examples / 64 candidates: 6 steps an epoch; evaluation 1.0 s x 100 / 64 images
+    m = budget.STEP_MARGIN
+    minutes = (15 + 100 / 64 + 12 * m + 0.25) / 60
+    assert budget.steps_for_budget(config, minutes, 400, 100, log=lines.append) == 12
+    assert timed[:2] == [(4, 1), (4, 1)]  # the two kinds of step; then the evaluation
+    assert "12 steps (2.0 epochs) fit" in lines[-1]
+
+
 def test_a_budget_picks_the_steps_that_fit_and_saves_them(tmp_path, capsys, monkeypatch):
     """The budget's arithmetic on a clock the test controls: every timed call (each kind of
     training step, the evaluation of one batch) takes 2.0 s, the timing run itself none.

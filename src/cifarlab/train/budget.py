@@ -15,6 +15,7 @@ saved in config.json like any other, so a rerun is the same run.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 
 import torch
@@ -88,23 +89,31 @@ class _TimingRun:
         transform = self.state.batches.transform
         self.state.batches.transform = lambda x, generator, position: transform(
             x, generator, dataclasses.replace(position, epoch=position.epoch + LATE_EPOCH))  # fmt: skip
-        # The plan of the run being sized (its length is what is sought).
+        # The plan of the run being sized (its length is what is sought); an epoch counts
+        # the examples drawn, candidates where a proxy chooses the batch, as in the run.
         full = config.global_batch_size()
-        self.plan = TrainingPlan(10**9, train_examples // full, full, train_examples)
+        drawn = self.recipe.candidate_batch(full)
+        self.plan = TrainingPlan(10**9, train_examples // drawn, full, train_examples)
         self.seconds_by_kind: dict = {}
         self.device, self.eval_batch = device, config.run.eval_batch_size
 
     def step_seconds(self, at_step: int, repeats: int = 3) -> float:
         """Each kind of step the recipe names (prepare_step: e.g. the fast recipes' whitening
         bias trained, then frozen) is timed once (a warm-up, then `repeats` steps), with the
-        model switched as the run will."""
+        model switched as the run will. Where a proxy network chooses the batch and trains
+        only every few steps, the timed steps are a whole number of its cycles (the warm-up
+        and then steps `at_step`, `at_step + 1`, ...), so its training is priced at the
+        share of steps the run gives it."""
         from .loop import apply_step, forward_step
 
         kind = self.recipe.prepare_step(self.state.model, at_step, self.plan)
         if kind not in self.seconds_by_kind:
+            cycle = getattr(self.state.selector, "train_every", 1)
+            repeats = -(-repeats // cycle) * cycle
+            calls = itertools.count()
 
             def one_step() -> None:
-                self.state.step = at_step
+                self.state.step = at_step + next(calls) % cycle
                 apply_step(self.state, forward_step(self.state, self.recipe, self.plan))
 
             self.seconds_by_kind[kind] = _timed(one_step, repeats) * STEP_MARGIN
