@@ -49,6 +49,8 @@ FAMILIES = [  # (family, substrings of profiler op names), first match wins
     ("optimizer and lookahead", ("_foreach", "lerp", "mm", "norm")),
     ("input pipeline", ("randint", "nonzero", "index", "pad", "where", "flip")),
 ]
+# The profiler region the proxy network's scoring and training run in (its own family).
+PROXY_LABEL = "cifarlab proxy selection"
 
 
 def family(name: str) -> str:
@@ -170,9 +172,6 @@ ROUTE_LABELS = (bf16_conv.FILTER_GRADIENT_LABEL, winograd.LABEL)
 # own im2col where oneDNN cannot serve, which is bfloat16 on a CPU without native bfloat16.
 FORWARD_OPS = ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward")
 BACKWARD_OPS = ("aten::convolution_backward", "aten::_slow_conv2d_backward")
-
-
-PROXY_LABEL = "cifarlab proxy selection"
 
 
 def split_regions(events: list, labels: tuple[str, ...]) -> tuple[list, list]:

@@ -89,11 +89,9 @@ class _TimingRun:
         transform = self.state.batches.transform
         self.state.batches.transform = lambda x, generator, position: transform(
             x, generator, dataclasses.replace(position, epoch=position.epoch + LATE_EPOCH))  # fmt: skip
-        # The plan of the run being sized (its length is what is sought); an epoch counts
-        # the examples drawn, candidates where a proxy chooses the batch, as in the run.
-        full = config.global_batch_size()
-        drawn = self.recipe.candidate_batch(full)
-        self.plan = TrainingPlan(10**9, train_examples // drawn, full, train_examples)
+        # The trainer's plan of the run being sized (its length is what is sought).
+        self.plan = dataclasses.replace(TrainingPlan.for_run(config, train_examples),
+                                        max_steps=10**9)  # fmt: skip
         self.seconds_by_kind: dict = {}
         self.device, self.eval_batch = device, config.run.eval_batch_size
 
