@@ -119,3 +119,11 @@ def test_the_tutorials_fast_path_is_counted_as_its_reference():
     lrn = 2 * 64 * 64 * 12 * 12
     per_image = 3 * (conv1 + conv2 + dense) - conv1 + 2 * 2 * lrn
     assert training_flops(fast, 50_000)["step_flops"] == 128 * per_image
+
+
+@pytest.mark.parametrize("recipe, goal", [("fast95", 1.0e15), ("fast96", 2.4e15)])
+def test_each_rung_trains_within_its_goals_flops_as_it_stands(recipe, goal):
+    """docs/fast.md's rungs promise their goal's FLOPs: a default that grows past it (more
+    steps, a wider network, a dearer selection) fails here before any run is reported."""
+    counted = training_flops(build_config(recipe, {}), 50_000)["run_flops"]
+    assert 0.9 * goal < counted <= goal
