@@ -7,11 +7,13 @@ import hashlib
 import io
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cifarlab.data import sources
 from cifarlab.data.layout import CIFAR10
 from cifarlab.data.records import write_records
 from cifarlab.data.sources import download, safe_extract, unpacked_size_limit
@@ -136,21 +138,32 @@ def test_the_command_refuses_any_archive_but_the_official_one_in_one_line(tmp_pa
     assert not (tmp_path / "root" / CIFAR10.folder).exists()
 
 
-def test_two_downloads_at_once_install_one_verified_copy(tmp_path):
+def test_downloads_at_once_install_one_verified_copy(tmp_path, monkeypatch):
     archive, info = _archive(tmp_path)
+    check = sources.installed_problem
+
+    def slow_check(*args):  # a slow disk: the others finish their copies meanwhile
+        problem = check(*args)
+        time.sleep(0.05)
+        return problem
+
+    monkeypatch.setattr(sources, "installed_problem", slow_check)
     root = tmp_path / "root"
     errors = []
+    start = threading.Barrier(4)
 
     def install():
+        start.wait()
         try:
             download(info, root, archive=archive, log=lambda m: None)
         except Exception as e:  # noqa: BLE001 - the test reports any failure
             errors.append(e)
 
-    threads = [threading.Thread(target=install) for _ in range(3)]
+    threads = [threading.Thread(target=install) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert errors == []
     assert [p.name for p in root.iterdir()] == [CIFAR10.folder]  # no "invalid" copy aside
+    assert sources.installed_problem(info, root) is None

@@ -15,6 +15,8 @@ later runs and `--verify` check.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import http.client
 import io
@@ -27,7 +29,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -360,18 +362,36 @@ def _clean_stale_work_dirs(data_root: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _one_installer_at_a_time(data_root: Path) -> Iterator[None]:
+    """Hold an flock on the data root while checking the target and moving a copy in.
+
+    Two downloads at once (two shells, or every rank of a job) would otherwise both see no
+    target, and the second rename would fail on the first one's folder. The lock is on the
+    folder itself, so nothing is left beside the data; the kernel drops it when the
+    descriptor closes or the process dies.
+    """
+    fd = os.open(data_root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _move_into_place(info: DatasetInfo, built: Path, data_root: Path, log: Log) -> Path:
     target = data_root / info.folder
-    if target.exists() and installed_problem(info, data_root) is None:
-        log(f"another download installed {target} meanwhile; keeping that one")
-        return target  # a concurrent `cifarlab download` finished first; ours is discarded
-    if target.exists():
-        # Something unverifiable is there (we checked before starting). Keep it, renamed:
-        # nothing the user has is ever deleted.
-        aside = target.with_name(f"{info.folder}.invalid-{time.strftime('%Y%m%d-%H%M%S')}")
-        target.rename(aside)
-        log(f"moved the old, unverifiable {target} to {aside}")
-    built.rename(target)
+    with _one_installer_at_a_time(data_root):
+        if installed_problem(info, data_root) is None:
+            log(f"another download installed {target} meanwhile; keeping that one")
+            return target  # a concurrent `cifarlab download` finished first; ours is discarded
+        if target.exists():
+            # Something unverifiable is there (we checked before starting). Keep it, renamed:
+            # nothing the user has is ever deleted.
+            aside = target.with_name(f"{info.folder}.invalid-{time.strftime('%Y%m%d-%H%M%S')}")
+            target.rename(aside)
+            log(f"moved the old, unverifiable {target} to {aside}")
+        built.rename(target)
     return target
 
 
