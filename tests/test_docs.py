@@ -89,9 +89,14 @@ def test_the_evidence_in_the_tree_is_small_and_structured() -> None:
     files = [p for p in (ROOT / "benchmarks/results").rglob("*") if p.is_file()]
     assert files, "benchmarks/results holds the evidence"
     # Saved experiments keep a few KB a seed (benchmarks/save_experiment.py): no checkpoint,
-    # event file or log, each of which alone would break one of these bounds.
-    assert sum(p.stat().st_size for p in files) <= 500_000
+    # event file or log, each of which alone would break one of these bounds. The total
+    # grows by about 3 KB a saved seed; its bound catches a bulk copy, not a new experiment.
+    assert sum(p.stat().st_size for p in files) <= 1_000_000
     assert max(p.stat().st_size for p in files) <= 64_000
+    for seed in (ROOT / "benchmarks/results").rglob("seed-*"):
+        assert sum(p.stat().st_size for p in seed.rglob("*")) <= 8_000, (
+            f"{seed} holds more than a result"
+        )
     assert not [p for p in files if p.suffix not in {".json", ".md"}], "raw logs stay out"
 
 
