@@ -22,7 +22,7 @@ def test_a_named_configuration_builds_and_states_its_result_and_flops(path):
     config = build_config(values.pop("recipe"), values)
     comment = " ".join(line for line in path.read_text().splitlines() if line.startswith("#"))
     assert re.search(r"\d\d\.\d\d%", comment), "each file says what it measured"
-    stated = re.search(r"(\d\.\d\de1[34]) (training )?FLOPs", comment)
+    stated = re.search(r"(\d\.\d\de1[345]) (training )?FLOPs", comment)
     assert stated, "each file states its training FLOPs"
     counted = training_flops(config, 50_000)["run_flops"]
     assert f"{counted:.2e}".replace("e+", "e") == stated.group(1)
