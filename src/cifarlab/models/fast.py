@@ -19,7 +19,9 @@ Convolutions start as the identity on their first input channels (so a block pas
 input through at first); BatchNorm weights are frozen at 1 and only their biases train;
 logits are scaled down so the initial predictions are near uniform. `convolution` says how
 the 3x3 convolutions are computed in float32 on a CPU (direct, winograd or auto:
-models/winograd.py); under bfloat16 autocast they take models/bf16_conv.py's routes.
+models/winograd.py); under bfloat16 autocast they take models/bf16_conv.py's routes. In
+training on a CPU the pool, batch norm and GELU after each convolution run as one native
+kernel (models/norm_gelu.py), the same function.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import winograd
+from .norm_gelu import norm_gelu, pool_norm_gelu
 
 LOGIT_SCALE = 1 / 9  # keeps initial logits small: softmax near uniform at the start
 
@@ -74,10 +77,10 @@ class ConvBlock(nn.Module):
             _identity_init(conv)
 
     def first_half(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.norm1(self.pool(self.conv1(x))))
+        return pool_norm_gelu(self.conv1(x), self.pool, self.norm1, self.activation)
 
     def second_half(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.norm2(self.conv2(x)))
+        return norm_gelu(self.conv2(x), self.norm2, self.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.second_half(self.first_half(x))
@@ -98,7 +101,7 @@ class ResidualBlock(ConvBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x0 = self.first_half(x)
-        branch = self.activation(self.norm3(self.conv3(self.second_half(x0))))
+        branch = norm_gelu(self.conv3(self.second_half(x0)), self.norm3, self.activation)
         return x0 + self.branch_scale * branch
 
 

@@ -38,7 +38,7 @@ from ..averaging import copy_saved_tensors
 from ..data.loader import HardExamples
 from ..errors import ConfigError
 from ..frontier import Frontier, Measured
-from ..models import bf16_conv, winograd
+from ..models import bf16_conv, norm_gelu, winograd
 from ..models.fast import FastNet
 from ..muon import Muon
 from ..settings import setting, with_defaults
@@ -499,6 +499,12 @@ class FastSGD(Recipe):
             self.compute_dtype(device)  # precision=auto settled (timed) the same way
 
     def arithmetic(self, device: torch.device) -> str:
+        arithmetic = self._convolutions(device)
+        if device.type == "cpu" and norm_gelu.available():  # a result says which code ran
+            arithmetic += "; pool, batch norm and GELU fused"
+        return arithmetic
+
+    def _convolutions(self, device: torch.device) -> str:
         arithmetic = super().arithmetic(device)
         if arithmetic != "float32" or device.type != "cpu" or self.params.convolution == "direct":
             return arithmetic

@@ -1,12 +1,13 @@
 // Native CPU kernels for the tutorial network's fast path (compiled on first use by
-// models/native.py): where PyTorch makes several passes over memory, these make one.
+// tutorial_cpu/build.py): where PyTorch makes several passes over memory, these make one.
 // 1. local response normalization, forward and backward; 2. the max-pool's backward;
 // 3. a convolution by Fourier transform, on each thread for its share of the batch;
 // 4. the three tile transforms of Winograd's F(4x4, 3x3) convolution (models/winograd.py,
-// which the fast network uses: its matrix products are PyTorch's).
-// Float32; the activations channels-last, so that each pixel's C channels are one
-// contiguous row: loops over channels vectorize, and a row is read once (the LRNs also
-// read and write NCHW, the Fourier convolution's layout).
+// which the fast network uses: its matrix products are PyTorch's); 5. the fast network's
+// max-pool, batch norm and GELU, fused, forward and backward (models/norm_gelu.py).
+// Float32 (part 5 also bfloat16); the activations channels-last, so that each pixel's C
+// channels are one contiguous row: loops over channels vectorize, and a row is read once
+// (the LRNs also read and write NCHW, the Fourier convolution's layout).
 
 #include <torch/extension.h>
 
@@ -17,6 +18,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <optional>
 #include <vector>
 
@@ -507,6 +509,418 @@ torch::Tensor winograd_output_grad(const torch::Tensor& g,
   return m;
 }
 
+// 5. The fast network's max-pool, batch norm and GELU after a convolution (models/
+// norm_gelu.py), fused:
+//
+//   y -> [2x2 max-pool, stride 2, an odd last row or column dropped] -> p
+//     -> z = (p - mean) / sqrt(var + eps) * weight + bias   (the batch's mean and variance)
+//     -> GELU(z) = z Phi(z)                                  (the exact GELU, by erf)
+//
+// PyTorch makes about seven passes over memory forward and nine backward (int64 indices,
+// a zero-filled input gradient, each operator's output written and read back); here two
+// each way. Forward: one pools and sums the statistics, one normalizes and activates.
+// Backward: one sums the two statistics of the gradient, one writes the input gradient
+// (every input once: the window's winner gets the gradient, the others zero). The backward
+// recomputes z and GELU's slope from p, kept with an int16 per value naming its window's
+// winner, rather than keeping z: arithmetic is cheaper than memory here. Activations are
+// float32 or bfloat16, channels-last; all arithmetic in float32, the statistics summed in
+// float over an image and in double across images.
+
+// bfloat16 is a float's top half: widened by a shift, rounded to nearest-even by adding
+// below the cut. Branch-free, so that the channel loops vectorize.
+inline float widen(float v) { return v; }
+inline float widen(at::BFloat16 v) {
+  const uint32_t bits = uint32_t(v.x) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline void narrow(float* out, float v) { *out = v; }
+inline void narrow(at::BFloat16* out, float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  out->x = uint16_t(bits >> 16);
+}
+
+// e^x for x <= 0 (GELU needs e^(-z^2/2)): 2^k e^r, |r| <= ln2 / 2, e^r by its Taylor
+// polynomial of degree 6 (relative error under 2e-7). Under -87 it stays at e^-87 (1.6e-38)
+// where GELU's terms that use it are far below float resolution anyway.
+inline float exp_nonpositive(float x) {
+  x = std::max(x, -87.0f);
+  // k = x log2(e) rounded to nearest by the 1.5 * 2^23 trick: std::floor would keep the
+  // loop from vectorizing (GCC vectorizes it only without floating-point traps).
+  const float k = (x * 1.44269504f + 12582912.0f) - 12582912.0f;
+  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;  // ln2 in two parts: exact k * ln2
+  float p = 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (int32_t(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// GELU(z) = z Phi(z), and its slope Phi(z) + z phi(z). Phi's tail Phi(-|z|) = erfc(|z| /
+// sqrt 2) / 2 by Abramowitz and Stegun's 7.1.26 (erf's absolute error under 1.5e-7),
+// computed directly so that nothing cancels; phi(z) = e^(-z^2/2) / sqrt(2 pi).
+inline void gelu(float z, float& value, float& slope) {
+  const float a = std::fabs(z) * 0.707106781f;
+  const float t = 1.0f / (1.0f + 0.3275911f * a);
+  const float e = exp_nonpositive(-a * a);
+  const float tail =
+      0.5f * e * t *
+      (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+  const float cdf = z < 0 ? tail : 1.0f - tail;
+  value = z * cdf;
+  slope = cdf + z * 0.398942280f * e;
+}
+
+// Per-channel sums over the batch: each image's in float, added into its thread's doubles.
+class ChannelSums {
+ public:
+  explicit ChannelSums(int64_t C) : C_(C), sums_(at::get_num_threads() * 2 * C, 0.0) {}
+  // Where an image's float sums go; `add_image` moves them into this thread's doubles.
+  void add_image(const float* first, const float* second) {
+    double* mine = sums_.data() + at::get_thread_num() * 2 * C_;
+    for (int64_t c = 0; c < C_; ++c) {
+      mine[c] += first[c];
+      mine[C_ + c] += second[c];
+    }
+  }
+  // [2, C] float32: the two sums over every thread.
+  torch::Tensor total() const {
+    auto out = torch::zeros({2, C_}, torch::kFloat64);
+    double* o = out.data_ptr<double>();
+    for (size_t at = 0; at < sums_.size(); ++at) o[at % (2 * C_)] += sums_[at];
+    return out;
+  }
+
+ private:
+  int64_t C_;
+  std::vector<double> sums_;
+};
+
+// Which of a window's four inputs (0: top left, 1: top right, 2: bottom left, 3: bottom
+// right) won: the first largest in that order, or a NaN, as PyTorch's max-pool picks.
+inline void pick(float v, int16_t slot, float& best, int16_t& winner) {
+  const bool take = v > best || v != v;
+  best = take ? v : best;
+  winner = take ? slot : winner;
+}
+
+// Calls f with a value of the activations' C++ type (shape_of admits only these two).
+template <typename F>
+void by_dtype(at::ScalarType dtype, F&& f) {
+  if (dtype == torch::kBFloat16)
+    f(at::BFloat16(0.0f));
+  else
+    f(0.0f);
+}
+
+struct Shape {
+  int64_t N, H, W, C, h, w;  // input [N, H, W, C], output [N, h, w, C] (h = H / 2 pooled)
+};
+
+Shape shape_of(const torch::Tensor& y, bool pool, const char* what) {
+  TORCH_CHECK(y.device().is_cpu() && y.dim() == 4 && y.is_contiguous(at::MemoryFormat::ChannelsLast),
+              what, ": a 4-d channels-last CPU tensor");
+  TORCH_CHECK(y.scalar_type() == torch::kFloat32 || y.scalar_type() == torch::kBFloat16,
+              what, ": float32 or bfloat16");
+  const int64_t H = y.size(2), W = y.size(3);
+  TORCH_CHECK(!pool || (H >= 2 && W >= 2), what, ": pooling needs at least 2x2");
+  return {y.size(0), H, W, y.size(1), pool ? H / 2 : H, pool ? W / 2 : W};
+}
+
+void check_channels(const torch::Tensor& t, int64_t C, const char* what) {
+  TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.is_contiguous() && t.numel() == C, what,
+              ": one contiguous float32 value per channel");
+}
+
+// Pass 1 forward: pool (or not) into p and winners, and sum p and p^2 per channel.
+// The per-pixel loops over channels below take their own restrict-qualified pointers and
+// sizes by value: the compiler then knows that no store changes what the loop reads (the
+// lambdas' captures, the Shape), and vectorizes them.
+
+// The winners are int16, not bytes: GCC vectorizes a loop by its narrowest type, 64 bytes
+// at a time with AVX-512, which left all 48 channels of `fast`'s first block to the scalar
+// remainder (its backward took 3x the time of 192 channels a pixel); with int16, 32 at a
+// time and 16 in the vectorized remainder.
+
+// One output pixel of the pool, `count` channels: its window's top row a, bottom row b,
+// the right-hand column `step` values on.
+template <typename T>
+inline void pool_pixel(const T* __restrict a, const T* __restrict b, int64_t step,
+                          T* __restrict p, int16_t* __restrict winners, float* __restrict sum,
+                          float* __restrict squares, int64_t count) {
+  for (int64_t c = 0; c < count; ++c) {
+    float best = widen(a[c]);
+    int16_t winner = 0;
+    pick(widen(a[step + c]), 1, best, winner);
+    pick(widen(b[c]), 2, best, winner);
+    pick(widen(b[step + c]), 3, best, winner);
+    narrow(p + c, best);  // exact: best is one of the inputs
+    winners[c] = winner;
+    sum[c] += best;
+    squares[c] += best * best;
+  }
+}
+
+template <typename T>
+void sum_pixel(const T* __restrict y, float* __restrict sum, float* __restrict squares, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    const float v = widen(y[c]);
+    sum[c] += v;
+    squares[c] += v * v;
+  }
+}
+
+// Pass 1 forward: pool (or not) into p and winners, and sum p and p^2 per channel.
+template <typename T, bool Pool>
+void pool_and_sum(const T* y, T* p, int16_t* winners, const Shape& s, ChannelSums& totals) {
+  at::parallel_for(0, s.N, 1, [&](int64_t begin, int64_t end) {
+    const int64_t C = s.C;
+    std::vector<float> sums(2 * C);
+    for (int64_t n = begin; n < end; ++n) {
+      std::fill(sums.begin(), sums.end(), 0.0f);
+      for (int64_t i = 0; i < s.h; ++i)
+        for (int64_t j = 0; j < s.w; ++j) {
+          const int64_t out = ((n * s.h + i) * s.w + j) * C;
+          if constexpr (Pool) {
+            const T* a = y + ((n * s.H + 2 * i) * s.W + 2 * j) * C;
+            pool_pixel(a, a + s.W * C, C, p + out, winners + out, sums.data(), sums.data() + C, C);
+          } else {
+            sum_pixel(y + out, sums.data(), sums.data() + C, C);
+          }
+        }
+      totals.add_image(sums.data(), sums.data() + C);
+    }
+  });
+}
+
+// The affine map z = p * scale + shift that batch norm applies with these statistics.
+struct Affine {
+  std::vector<float> scale, shift, rstd;
+  Affine(const torch::Tensor& mean, const torch::Tensor& var, const torch::Tensor& weight,
+         const torch::Tensor& bias, double eps) {
+    const int64_t C = mean.numel();
+    const float *m = mean.data_ptr<float>(), *v = var.data_ptr<float>();
+    const float *wt = weight.data_ptr<float>(), *bs = bias.data_ptr<float>();
+    for (int64_t c = 0; c < C; ++c) {
+      rstd.push_back(float(1.0 / std::sqrt(double(v[c]) + eps)));
+      scale.push_back(wt[c] * rstd[c]);
+      shift.push_back(bs[c] - m[c] * scale[c]);
+    }
+  }
+};
+
+template <typename T>
+void activate_pixel(const T* __restrict p, T* __restrict out, const float* __restrict scale,
+                    const float* __restrict shift, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    float value, slope;
+    gelu(widen(p[c]) * scale[c] + shift[c], value, slope);
+    narrow(out + c, value);
+  }
+}
+
+template <typename T>
+void normalize_and_activate(const T* p, T* out, int64_t pixels, const Shape& s, const Affine& f) {
+  at::parallel_for(0, pixels, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t q = begin; q < end; ++q)
+      activate_pixel(p + q * s.C, out + q * s.C, f.scale.data(), f.shift.data(), s.C);
+  });
+}
+
+// y [N, C, H, W] channels-last -> (GELU output, p, winners, mean, biased variance): the
+// output and p [N, C, h, w] channels-last in y's dtype, winners int16 (empty unpooled: p is
+// then y itself), mean and variance float32 [C].
+std::vector<torch::Tensor> norm_gelu_forward(const torch::Tensor& y, const torch::Tensor& weight,
+                                             const torch::Tensor& bias, double eps, bool pool) {
+  const Shape s = shape_of(y, pool, "norm_gelu_forward: y");
+  check_channels(weight, s.C, "norm_gelu_forward: weight");
+  check_channels(bias, s.C, "norm_gelu_forward: bias");
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  auto p = pool ? torch::empty({s.N, s.C, s.h, s.w}, y.options(), cl) : y;
+  auto winners = torch::empty({pool ? s.N * s.h * s.w * s.C : 0}, y.options().dtype(torch::kInt16));
+  auto out = torch::empty({s.N, s.C, s.h, s.w}, y.options(), cl);
+  const int64_t count = s.N * s.h * s.w;
+  TORCH_CHECK(count > 0, "norm_gelu_forward: batch statistics need at least one value a channel");
+  ChannelSums sums(s.C);
+  by_dtype(y.scalar_type(), [&](auto zero) {
+    using scalar_t = decltype(zero);
+    if (pool)
+      pool_and_sum<scalar_t, true>(y.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(),
+                                   winners.data_ptr<int16_t>(), s, sums);
+    else
+      pool_and_sum<scalar_t, false>(y.data_ptr<scalar_t>(), nullptr, nullptr, s, sums);
+  });
+  const auto total = sums.total();
+  const auto mean = total[0] / double(count);
+  const auto var = (total[1] / double(count) - mean * mean).clamp_min(0.0);
+  auto mean32 = mean.to(torch::kFloat32), var32 = var.to(torch::kFloat32);
+  const Affine f(mean32, var32, weight, bias, eps);
+  by_dtype(y.scalar_type(), [&](auto zero) {
+    using scalar_t = decltype(zero);
+    normalize_and_activate(p.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), count, s, f);
+  });
+  return {out, p, winners, mean32, var32};
+}
+
+// dL/dz for one value, and its normalized xhat: what both backward passes recompute.
+inline void gradient_at(float p, float g, float mean, float rstd, float weight, float bias,
+                        float& dz, float& xhat) {
+  xhat = (p - mean) * rstd;
+  float value, slope;
+  gelu(xhat * weight + bias, value, slope);
+  dz = g * slope;
+}
+
+// What both backward passes need per channel, besides p and g.
+struct Channels {
+  const float *mean, *rstd, *weight, *bias, *dz_mean, *dzx_mean;
+};
+
+// Backward pass 1 for a pixel: the sums of dL/dz and of dL/dz * xhat.
+template <typename T>
+void sum_gradient_pixel(const T* __restrict g, const T* __restrict p, const Channels k,
+                        float* __restrict dz_sum, float* __restrict dzx_sum, int64_t C) {
+  const float *__restrict mean = k.mean, *__restrict rstd = k.rstd;
+  const float *__restrict weight = k.weight, *__restrict bias = k.bias;
+  for (int64_t c = 0; c < C; ++c) {
+    float dz, xhat;
+    gradient_at(widen(p[c]), widen(g[c]), mean[c], rstd[c], weight[c], bias[c], dz, xhat);
+    dz_sum[c] += dz;
+    dzx_sum[c] += dz * xhat;
+  }
+}
+
+template <typename T>
+void sum_gradient(const T* g, const T* p, const Shape& s, const Channels& k,
+                  ChannelSums& totals) {
+  at::parallel_for(0, s.N, 1, [&](int64_t begin, int64_t end) {
+    const int64_t C = s.C, pixels = s.h * s.w;
+    std::vector<float> sums(2 * C);
+    for (int64_t n = begin; n < end; ++n) {
+      std::fill(sums.begin(), sums.end(), 0.0f);
+      for (int64_t q = n * pixels; q < (n + 1) * pixels; ++q)
+        sum_gradient_pixel(g + q * C, p + q * C, k, sums.data(), sums.data() + C, C);
+      totals.add_image(sums.data(), sums.data() + C);
+    }
+  });
+}
+
+// Backward pass 2 for a pixel of p: dL/dp = weight * rstd * (dz - mean(dz) - xhat
+// mean(dz xhat)) into dp.
+template <typename T>
+void pooled_gradient_pixel(const T* __restrict g, const T* __restrict p, const Channels k,
+                           float* __restrict dp, int64_t C) {
+  const float *__restrict mean = k.mean, *__restrict rstd = k.rstd;
+  const float *__restrict weight = k.weight, *__restrict bias = k.bias;
+  const float *__restrict dz_mean = k.dz_mean, *__restrict dzx_mean = k.dzx_mean;
+  for (int64_t c = 0; c < C; ++c) {
+    float dz, xhat;
+    gradient_at(widen(p[c]), widen(g[c]), mean[c], rstd[c], weight[c], bias[c], dz, xhat);
+    dp[c] = weight[c] * rstd[c] * (dz - dz_mean[c] - xhat * dzx_mean[c]);
+  }
+}
+
+// dp to its window's winner (top row, bottom row; the right-hand column `step` values on),
+// zero to the others. Apart from the loop above, whose GELU vectorizes fully on its own.
+template <typename T>
+inline void scatter_pixel(const float* __restrict dp, const int16_t* __restrict winners,
+                             T* __restrict top, T* __restrict bottom, int64_t step,
+                             int64_t count) {
+  for (int64_t c = 0; c < count; ++c) {
+    const int16_t w = winners[c];
+    narrow(top + c, w == 0 ? dp[c] : 0.0f);
+    narrow(top + step + c, w == 1 ? dp[c] : 0.0f);
+    narrow(bottom + c, w == 2 ? dp[c] : 0.0f);
+    narrow(bottom + step + c, w == 3 ? dp[c] : 0.0f);
+  }
+}
+
+template <typename T>
+void copy_pixel(const float* __restrict dp, T* __restrict out, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) narrow(out + c, dp[c]);
+}
+
+// Backward pass 2: every input's gradient (zero for a dropped last row or column).
+template <typename T, bool Pool>
+void write_input_gradient(const T* g, const T* p, const int16_t* winners, T* dy, const Shape& s,
+                          const Channels& k) {
+  at::parallel_for(0, s.N * s.h, 1, [&](int64_t begin, int64_t end) {
+    const int64_t C = s.C;
+    std::vector<float> dp(C);
+    for (int64_t row = begin; row < end; ++row) {  // a row of p: image n, row i
+      const int64_t n = row / s.h, i = row % s.h;
+      for (int64_t j = 0; j < s.w; ++j) {
+        const int64_t q = (row * s.w + j) * C;
+        pooled_gradient_pixel(g + q, p + q, k, dp.data(), C);
+        if constexpr (Pool) {
+          T* top = dy + ((n * s.H + 2 * i) * s.W + 2 * j) * C;
+          scatter_pixel(dp.data(), winners + q, top, top + s.W * C, C, C);
+        } else {
+          copy_pixel(dp.data(), dy + q, C);
+        }
+      }
+      if constexpr (Pool) {  // inputs no window covered: an odd last column, an odd last row
+        const int64_t last_row = i == s.h - 1 ? s.H : 2 * i + 2;
+        for (int64_t r = 2 * i; r < last_row; ++r) {
+          const int64_t first_col = r < 2 * s.h ? 2 * s.w : 0;
+          T* from = dy + ((n * s.H + r) * s.W + first_col) * C;
+          std::fill(from, from + (s.W - first_col) * C, T(0.0f));
+        }
+      }
+    }
+  });
+}
+
+// The gradient of norm_gelu_forward's output g -> (dL/dy, dL/dweight, dL/dbias), dL/dy in
+// the input's shape [N, C, H, W] channels-last.
+std::vector<torch::Tensor> norm_gelu_backward(const torch::Tensor& g, const torch::Tensor& p,
+                                              const torch::Tensor& winners, const torch::Tensor& mean,
+                                              const torch::Tensor& var, const torch::Tensor& weight,
+                                              const torch::Tensor& bias, double eps, int64_t H,
+                                              int64_t W) {
+  const bool pool = winners.numel() > 0;
+  Shape s = shape_of(p, false, "norm_gelu_backward: p");
+  TORCH_CHECK(g.sizes() == p.sizes() && g.scalar_type() == p.scalar_type() &&
+                  g.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "norm_gelu_backward: g must be p's shape, dtype and layout");
+  TORCH_CHECK(pool ? (H / 2 == s.h && W / 2 == s.w && winners.numel() == p.numel() &&
+                      winners.scalar_type() == torch::kInt16)
+                   : (H == s.h && W == s.w),
+              "norm_gelu_backward: the input's size does not match p and the winners");
+  s.H = H;
+  s.W = W;
+  for (const auto* t : {&mean, &var, &weight, &bias}) check_channels(*t, s.C, "norm_gelu_backward");
+  const Affine f(mean, var, weight, bias, eps);
+  Channels k{mean.data_ptr<float>(), f.rstd.data(), weight.data_ptr<float>(),
+             bias.data_ptr<float>(), nullptr, nullptr};
+  auto dy = torch::empty({s.N, s.C, H, W}, p.options(), at::MemoryFormat::ChannelsLast);
+  ChannelSums sums(s.C);
+  by_dtype(p.scalar_type(), [&](auto zero) {
+    using scalar_t = decltype(zero);
+    sum_gradient(g.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), s, k, sums);
+  });
+  const auto total = sums.total().to(torch::kFloat32);  // [dL/dbias, dL/dweight]
+  const auto means = (total / double(s.N * s.h * s.w)).contiguous();
+  k.dz_mean = means.data_ptr<float>();
+  k.dzx_mean = k.dz_mean + s.C;
+  by_dtype(p.scalar_type(), [&](auto zero) {
+    using scalar_t = decltype(zero);
+    auto run = pool ? write_input_gradient<scalar_t, true> : write_input_gradient<scalar_t, false>;
+    run(g.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), winners.data_ptr<int16_t>(),
+        dy.data_ptr<scalar_t>(), s, k);
+  });
+  return {dy, total[1], total[0]};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -523,4 +937,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("winograd_output_grad", &winograd_output_grad,
         "F(4x4, 3x3): output gradient [N, H, W, O] -> [36, T, O] (winograd_output's adjoint)",
         py::arg("g"), py::arg("out") = py::none());
+  m.def("norm_gelu_forward", &norm_gelu_forward,
+        "[2x2 max-pool ->] batch norm with the batch's statistics -> GELU, channels-last; "
+        "returns (output, p, winners, mean, variance)");
+  m.def("norm_gelu_backward", &norm_gelu_backward,
+        "norm_gelu_forward's gradient: (g, p, winners, mean, variance, weight, bias, eps, H, W) "
+        "-> (dL/dy, dL/dweight, dL/dbias)");
 }
