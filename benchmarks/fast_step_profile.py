@@ -2,7 +2,8 @@
 fp32 matrix-product peak it reaches, measured in one run:
 
     python benchmarks/fast_step_profile.py [--recipe fast] [--batch-size 1024] [--set KEY=VALUE ...]
-                                           [--against KEY=VALUE ...] [--default-allocator]
+                                           [--against KEY=VALUE ...] [--against-env NAME=VALUE ...]
+                                           [--default-allocator]
 
 1. the peak (cifarlab.machine.matmul_peak_gflops: the better of MKL and oneDNN);
 2. seconds a step of the real training step (train/loop.py's forward_step and apply_step, as
@@ -21,6 +22,9 @@ The recipe runs in float32 unless --set precision=... says otherwise. With --aga
 same for the recipe with those settings changed, in the same run, and how many times as
 fast its step is (`--against precision=bfloat16`: the plain float32 path beside the
 bfloat16 one; `--against convolution=auto`: beside Winograd where it was timed faster).
+--against-env does the same with environment variables set for the second measurement
+(`--against-env CIFARLAB_NATIVE=0`: without the native kernels, so the pool, batch norm and
+GELU by PyTorch's operators rather than fused).
 Run it on a quiet machine: anything else running halves the figures.
 """
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import resource
 import statistics
@@ -42,6 +47,7 @@ from cifarlab.models import bf16_conv, winograd
 from cifarlab.recipes import TrainingPlan
 
 FAMILIES = [  # (family, substrings of profiler op names), first match wins
+    ("max-pool, batch norm and GELU fused", ("normgelu",)),  # models/norm_gelu.py
     ("convolution", ("convolution", "conv2d")),
     ("batch norm", ("batch_norm",)),
     ("GELU", ("gelu",)),
@@ -68,10 +74,16 @@ def main() -> None:
     parser.add_argument("--against", action="append", default=[], metavar="KEY=VALUE",
                         help="also measure the recipe with these settings changed (for "
                              "instance precision=bfloat16), beside the first, in this run")  # fmt: skip
+    parser.add_argument("--against-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="also measure with these environment variables set (for "
+                             "instance CIFARLAB_NATIVE=0), with --against's settings if any")  # fmt: skip
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc's malloc as it is (the CLI configures it: "
                              "cifarlab/allocator.py), to measure what that buys")  # fmt: skip
     args = parser.parse_args()
+    for pair in args.against_env:
+        if "=" not in pair or not pair.split("=", 1)[0]:
+            parser.error(f"--against-env takes NAME=VALUE, not {pair!r}")
 
     from cifarlab.allocator import configure_allocator
     from cifarlab.config import parse_set
@@ -84,10 +96,23 @@ def main() -> None:
     # The first path is the plain one unless --set says otherwise: float32, whatever the
     # recipe's default (fast's precision=auto would be bfloat16 on some CPUs).
     base = {"precision": "float32", **parse_set(args.set)}
-    variants = [(" ".join(f"{k}={v}" for k, v in base.items()), base)]
-    if args.against:
-        variants.append((" ".join(args.against), {**base, **parse_set(args.against)}))
-    results = [measure(args, label, overrides, peak) for label, overrides in variants]
+    variants = [(" ".join(f"{k}={v}" for k, v in base.items()), base, {})]
+    if args.against or args.against_env:
+        env = dict(pair.split("=", 1) for pair in args.against_env)
+        label = " ".join([*args.against, *args.against_env])
+        variants.append((label, {**base, **parse_set(args.against)}, env))
+    results = []
+    for label, overrides, env in variants:
+        saved = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)
+        try:
+            results.append(measure(args, label, overrides, peak))
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
     if len(results) == 2:
         print(f"\n{variants[1][0]}: step {results[0] / results[1]:.2f}x as fast as {variants[0][0]}")
 

@@ -64,6 +64,28 @@ def test_fast_step_profile_reports_both_paths_layer_by_layer(against):
 
 
 @pytest.mark.slow
+def test_fast_step_profile_measures_the_fused_kernels_beside_pytorchs_operators():
+    out = run_script(
+        "fast_step_profile.py --batch-size 8 --steps 1 --repeats 1 --set width=32"
+        " --against-env CIFARLAB_NATIVE=0"
+    )
+    fused, plain = out.split("\n## fast, ")[1:]
+    assert plain.startswith("CIFARLAB_NATIVE=0 (torch.float32 arithmetic)")
+    family = "| max-pool, batch norm and GELU fused |"
+    assert family in fused and "| batch norm |" not in fused
+    assert family not in plain and "| batch norm |" in plain
+    assert re.search(r"CIFARLAB_NATIVE=0: step [\d.]+x as fast as precision=float32 width=32", out)
+
+
+def test_fast_step_profile_refuses_a_malformed_environment_pair():
+    script = str(ROOT / "benchmarks" / "fast_step_profile.py")
+    done = subprocess.run([sys.executable, script, "--against-env", "CIFARLAB_NATIVE"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    assert "--against-env takes NAME=VALUE, not 'CIFARLAB_NATIVE'" in done.stderr
+
+
+@pytest.mark.slow
 def test_fast_step_profile_shows_a_proxys_time_apart_from_the_networks_layers():
     plain, proxied = (
         run_script(f"fast_step_profile.py --batch-size 8 --steps 1 --repeats 1 --set width=32{extra}")

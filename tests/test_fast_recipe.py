@@ -157,7 +157,7 @@ def test_a_residual_block_starts_as_its_first_half_and_its_branch_learns_from_st
     torch.manual_seed(0)
     block = ResidualBlock(8, 16, bn_momentum=0.6, residual_init=0.0)
     x = torch.randn(6, 8, 10, 10)
-    first_half = block.activation(block.norm1(block.pool(block.conv1(x))))
+    first_half = block.first_half(x)  # (the fused pool, batch norm and GELU where built)
     out = block(x)
     assert torch.equal(out, first_half)  # the branch joins with scale 0: exactly the first half
     out.square().sum().backward()

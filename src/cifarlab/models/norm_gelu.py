@@ -9,11 +9,12 @@ zero-filled input gradient, every intermediate written and read back). The nativ
 the pooled values and an int16 per value naming the window's winner instead of PyTorch's
 intermediates.
 
-`pool_norm_gelu` and `norm_gelu` take the modules the network already has (the
-BatchNorm2d, its running statistics updated the same way) and fall back to them, the same
-function, wherever the kernel does not serve: evaluation (the running statistics), CUDA,
-tracing and export, other dtypes, or the native kernels off (`CIFARLAB_NATIVE=0`) or not
-built. The GELU is the exact one (erf), computed to within 2e-7 of it.
+In evaluation a third kernel pools, normalizes with the running statistics and activates
+in one pass. `pool_norm_gelu` and `norm_gelu` take the modules the network already has
+(the BatchNorm2d, its running statistics updated the same way) and fall back to them, the
+same function, wherever the kernels do not serve: CUDA, tracing and export, evaluation
+with a gradient to compute, other dtypes, or the native kernels off (`CIFARLAB_NATIVE=0`)
+or not built. The GELU is the exact one (erf), computed to within 2e-7 of it.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ DTYPES = (torch.float32, torch.bfloat16)
 
 
 def serves(y: torch.Tensor, norm: nn.BatchNorm2d) -> bool:
-    """Whether the kernel takes this: training-mode batch norm with batch statistics, a
-    float32 or bfloat16 CPU tensor in eager mode, and the native kernels on and built."""
+    """Whether a kernel takes this: a float32 or bfloat16 CPU tensor in eager mode, batch
+    norm with running statistics and an affine map, and the native kernels on and built. In
+    training, the batch's statistics (forward and backward); in evaluation, the running ones
+    (forward only: without a gradient to compute)."""
     return (
-        norm.training and norm.track_running_stats and norm.affine
+        norm.track_running_stats and norm.affine
+        and (norm.training or not (torch.is_grad_enabled() and y.requires_grad))
         and y.device.type == "cpu" and y.dtype in DTYPES and y.dim() == 4 and y.numel() > 0
         and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
         and build.enabled() and build.kernels() is not None
@@ -76,6 +80,13 @@ class _NormGelu(torch.autograd.Function):
 
 
 def _fused(y: torch.Tensor, norm: nn.BatchNorm2d, pool: bool) -> torch.Tensor:
+    if not norm.training:
+        return build.kernels().norm_gelu_inference(
+            y.contiguous(memory_format=torch.channels_last),
+            *(t.detach().float().contiguous() for t in
+              (norm.running_mean, norm.running_var, norm.weight, norm.bias)),
+            norm.eps, pool,
+        )  # fmt: skip
     out, mean, var = _NormGelu.apply(y, norm.weight, norm.bias, norm.eps, pool)
     with torch.no_grad():  # as BatchNorm2d in training: the unbiased variance kept
         count = out.numel() // out.shape[1]

@@ -12,6 +12,8 @@ import torch
 
 from ..tracking import RunLog, SilentLog
 
+HISTOGRAM_IMAGES = 256  # images of a batch whose activations a histogram shows
+
 
 class Reporter:
     def __init__(
@@ -95,10 +97,13 @@ class Reporter:
     def _histograms(self, step: int, images: torch.Tensor) -> None:
         """The tutorial's histograms: activations and sparsity per layer, weights, gradients."""
         for tag, value in self.activations.items():
-            self.log.histogram(f"{tag}/activations", value, step)
-            self.log.scalars(
-                step, {f"{tag}/sparsity": (value == 0).float().mean().item()}, kind="sparsity"
-            )
+            # A distribution needs no more than a sample: the histogram of the batch's first
+            # HISTOGRAM_IMAGES images (TensorBoard bins on one core: the whole of a batch of
+            # 2,000 took 0.4 s a summary step, 5 s of a 6-minute run); the sparsity, cheap,
+            # of all of it.
+            self.log.histogram(f"{tag}/activations", value[:HISTOGRAM_IMAGES], step)
+            zeros = 1 - torch.count_nonzero(value).item() / max(value.numel(), 1)
+            self.log.scalars(step, {f"{tag}/sparsity": zeros}, kind="sparsity")
         for name, param in self.model.named_parameters():
             self.log.histogram(f"weights/{name}", param, step)
             if param.grad is not None:

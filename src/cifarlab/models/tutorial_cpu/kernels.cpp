@@ -771,6 +771,53 @@ std::vector<torch::Tensor> norm_gelu_forward(const torch::Tensor& y, const torch
   return {out, p, winners, mean32, var32};
 }
 
+// Evaluation: the same function with statistics given (the running ones), in one pass that
+// keeps nothing: each output pixel pooled (the window's top row a, bottom row b, the
+// right-hand column `step` values on), normalized and activated.
+template <typename T>
+void pool_activate_pixel(const T* __restrict a, const T* __restrict b, int64_t step,
+                         T* __restrict out, const float* __restrict scale,
+                         const float* __restrict shift, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    float best = widen(a[c]), value, slope;
+    int16_t winner = 0;  // unused: the compiler drops it
+    pick(widen(a[step + c]), 1, best, winner);
+    pick(widen(b[c]), 2, best, winner);
+    pick(widen(b[step + c]), 3, best, winner);
+    gelu(best * scale[c] + shift[c], value, slope);
+    narrow(out + c, value);
+  }
+}
+
+torch::Tensor norm_gelu_inference(const torch::Tensor& y, const torch::Tensor& mean,
+                                  const torch::Tensor& var, const torch::Tensor& weight,
+                                  const torch::Tensor& bias, double eps, bool pool) {
+  const Shape s = shape_of(y, pool, "norm_gelu_inference: y");
+  for (const auto* t : {&mean, &var, &weight, &bias}) check_channels(*t, s.C, "norm_gelu_inference");
+  const Affine f(mean, var, weight, bias, eps);
+  auto out = torch::empty({s.N, s.C, s.h, s.w}, y.options(), at::MemoryFormat::ChannelsLast);
+  by_dtype(y.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    const T* yp = y.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    at::parallel_for(0, s.N * s.h, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {  // a row of the output: image n, row i
+        const int64_t n = row / s.h, i = row % s.h;
+        for (int64_t j = 0; j < s.w; ++j) {
+          T* o = op + (row * s.w + j) * s.C;
+          if (pool) {
+            const T* a = yp + ((n * s.H + 2 * i) * s.W + 2 * j) * s.C;
+            pool_activate_pixel(a, a + s.W * s.C, s.C, o, f.scale.data(), f.shift.data(), s.C);
+          } else {
+            activate_pixel(yp + (row * s.w + j) * s.C, o, f.scale.data(), f.shift.data(), s.C);
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
 // dL/dz for one value, and its normalized xhat: what both backward passes recompute.
 inline void gradient_at(float p, float g, float mean, float rstd, float weight, float bias,
                         float& dz, float& xhat) {
@@ -940,6 +987,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("norm_gelu_forward", &norm_gelu_forward,
         "[2x2 max-pool ->] batch norm with the batch's statistics -> GELU, channels-last; "
         "returns (output, p, winners, mean, variance)");
+  m.def("norm_gelu_inference", &norm_gelu_inference,
+        "[2x2 max-pool ->] batch norm with given statistics -> GELU, channels-last, one pass");
   m.def("norm_gelu_backward", &norm_gelu_backward,
         "norm_gelu_forward's gradient: (g, p, winners, mean, variance, weight, bias, eps, H, W) "
         "-> (dL/dy, dL/dweight, dL/dbias)");
