@@ -199,6 +199,18 @@ def test_either_layout_in_gives_the_same_result():
 
 
 @pytest.mark.parametrize("residual", [False, True])
+def test_tensorboards_graph_of_the_fast_network_traces_the_same_twice(residual, tmp_path):
+    """add_graph traces the network twice and checks the two agree: under a trace the
+    kernels' tests on the tensor must not run (recorded in the graph, they failed it)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    net = FastNet(widths=(8, 16, 16), residual=residual).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with SummaryWriter(str(tmp_path)) as writer:
+        writer.add_graph(net.train(), x)  # raises TracingCheckError if the traces differ
+
+
+@pytest.mark.parametrize("residual", [False, True])
 def test_the_fast_network_trains_the_same_with_and_without_it(residual, monkeypatch):
     """One training step of a small fast network (float32): logits, every parameter's
     gradient and the running statistics agree with PyTorch's operators' to rounding."""

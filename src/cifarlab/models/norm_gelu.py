@@ -33,11 +33,13 @@ def serves(y: torch.Tensor, norm: nn.BatchNorm2d) -> bool:
     norm with running statistics and an affine map, and the native kernels on and built. In
     training, the batch's statistics (forward and backward); in evaluation, the running ones
     (forward only: without a gradient to compute)."""
+    # Tracing first: under a trace, the tests on y below would be recorded as operations
+    # of the graph, and TensorBoard's check that two traces agree failed on them.
     return (
-        norm.track_running_stats and norm.affine
+        not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+        and norm.track_running_stats and norm.affine
         and (norm.training or not (torch.is_grad_enabled() and y.requires_grad))
         and y.device.type == "cpu" and y.dtype in DTYPES and y.dim() == 4 and y.numel() > 0
-        and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
         and build.enabled() and build.kernels() is not None
     )  # fmt: skip
 
