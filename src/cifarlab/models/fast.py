@@ -19,9 +19,9 @@ Convolutions start as the identity on their first input channels (so a block pas
 input through at first); BatchNorm weights are frozen at 1 and only their biases train;
 logits are scaled down so the initial predictions are near uniform. `convolution` says how
 the 3x3 convolutions are computed in float32 on a CPU (direct, winograd or auto:
-models/winograd.py); under bfloat16 autocast they take models/bf16_conv.py's routes. In
-training on a CPU the pool, batch norm and GELU after each convolution run as one native
-kernel (models/norm_gelu.py), the same function.
+models/winograd.py); under bfloat16 autocast they take models/bf16_conv.py's routes. On a
+CPU the pool, batch norm and GELU after each convolution run as one native kernel, in
+training and in evaluation (models/norm_gelu.py), the same function.
 """
 
 from __future__ import annotations
