@@ -20,7 +20,12 @@ from cifarlab.experiment.results import seeds_for_power, summary
 from cifarlab.experiment.runner import settle
 from cifarlab.experiment.spec import load_experiment
 from cifarlab.machine import cpu_kind
+from cifarlab.models import norm_gelu
 from cifarlab.run.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+
+# What a float32 run of the fast network records as its arithmetic here (the fused pool,
+# batch norm and GELU where the native kernels are built).
+FLOAT32 = "float32" + ("; pool, batch norm and GELU fused" if norm_gelu.available() else "")
 
 pytestmark = pytest.mark.slow
 
@@ -173,7 +178,7 @@ def test_compare_tells_a_real_difference_from_none(tmp_path):
     assert same["ci95"][0] <= 0 <= same["ci95"][1] and same["p_value"] > 0.05
     assert same["n_a"] == same["n_b"] == 4
     # each side names where its seeds trained: here both on this machine, in float32
-    assert result["setups_a"] == result["setups_b"] == [f"{cpu_kind()}, 1 thread; float32"]
+    assert result["setups_a"] == result["setups_b"] == [f"{cpu_kind()}, 1 thread; {FLOAT32}"]
 
     # Welch's test, computed here from its formula, agrees with compare's
     a, b = (
@@ -359,7 +364,7 @@ def test_show_names_where_each_seed_trained_and_a_run_moved_to_another_machine(t
     ok(cli(*args))
     first = json.loads((exp / "seed-0" / "result.json").read_text())
     assert first["history"] == [{"from_step": 0, "ran_on": f"{cpu_kind()}, 1 thread",
-                                 "arithmetic": "float32"}]  # fmt: skip
+                                 "arithmetic": FLOAT32}]  # fmt: skip
     # seed 0 back to step 8, as if trained that far on another machine in bfloat16
     run = exp / "seed-0"
     state = load_checkpoint(run / "ckpt-00000008.pt")
@@ -377,7 +382,7 @@ def test_show_names_where_each_seed_trained_and_a_run_moved_to_another_machine(t
     history = json.loads((run / "result.json").read_text())["history"]
     assert history == [elsewhere, {**first["history"][0], "from_step": 8}]
     shown = last_json(ok(cli("experiment", "show", exp, "--json")))
-    here = f"{cpu_kind()}, 1 thread; float32"
+    here = f"{cpu_kind()}, 1 thread; {FLOAT32}"
     assert shown["setups"] == [f"{elsewhere['ran_on']}; bfloat16", here]
     assert [s["setups"] for s in shown["seeds"]] == [shown["setups"], [here]]
     assert [s["resumed_at"] for s in shown["seeds"]] == [[8], []]

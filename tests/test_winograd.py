@@ -13,7 +13,7 @@ from cifarlab import timed_choice
 from cifarlab.cli import main
 from cifarlab.config import build_config
 from cifarlab.flops import step_flops
-from cifarlab.models import winograd
+from cifarlab.models import norm_gelu, winograd
 from cifarlab.models.fast import FastNet
 from cifarlab.models.tutorial_cpu import build
 from cifarlab.recipes import TrainingPlan
@@ -221,16 +221,17 @@ def test_each_setting_says_its_arithmetic_as_results_record_it():
         recipe.prepare_device(cpu)  # auto: every shape timed here, as before training
         return recipe.arithmetic(cpu)
 
-    assert arithmetic() == "float32"
+    fused = "; pool, batch norm and GELU fused" if norm_gelu.available() else ""
+    assert arithmetic() == "float32" + fused
     every = "float32, Winograd for every 3x3 convolution it serves"
-    assert arithmetic(convolution="winograd") == every
+    assert arithmetic(convolution="winograd") == every + fused
     assert winograd.routes_used() == {}  # winograd does not time; auto times every shape
     said = arithmetic(convolution="auto")
     used = winograd.routes_used()
     chosen = [f"{c}->{o} at {h}x{w}" for (c, o, h, w), fast in sorted(used.items()) if fast]
     assert len(used) == 5 and said.startswith(f"float32, Winograd for {len(chosen)} of 5 ")
-    assert all(shape in said for shape in chosen)
-    assert arithmetic(precision="bfloat16", convolution="auto") == "bfloat16"
+    assert all(shape in said for shape in chosen) and said.endswith(fused)
+    assert arithmetic(precision="bfloat16", convolution="auto") == "bfloat16" + fused
 
 
 def test_a_run_by_winograd_trains_resumes_exactly_and_exports(tmp_path, capsys):
@@ -256,7 +257,9 @@ def test_a_run_by_winograd_trains_resumes_exactly_and_exports(tmp_path, capsys):
     assert any("blocks.1.conv" in n for n in moved)  # the Winograd layers were trained
     for run in (straight, resumed):  # the result says how it was computed
         (entry,) = json.loads((run / "result.json").read_text())["history"][-1:]
-        assert entry["arithmetic"] == "float32, Winograd for every 3x3 convolution it serves"
+        assert entry["arithmetic"] == "float32, Winograd for every 3x3 convolution it serves" + (
+            "; pool, batch norm and GELU fused" if norm_gelu.available() else ""
+        )
 
     # Export traces the library's convolution: the same function as the Winograd one.
     out = tmp_path / "model.onnx"
