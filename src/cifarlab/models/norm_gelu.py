@@ -40,7 +40,7 @@ def serves(y: torch.Tensor, norm: nn.BatchNorm2d) -> bool:
         and norm.track_running_stats and norm.affine
         and (norm.training or not (torch.is_grad_enabled() and y.requires_grad))
         and y.device.type == "cpu" and y.dtype in DTYPES and y.dim() == 4 and y.numel() > 0
-        and build.enabled() and build.kernels() is not None
+        and available()
     )  # fmt: skip
 
 

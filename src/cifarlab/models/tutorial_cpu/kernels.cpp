@@ -592,7 +592,7 @@ class ChannelSums {
       mine[C_ + c] += second[c];
     }
   }
-  // [2, C] float32: the two sums over every thread.
+  // [2, C] float64: the two sums over every thread.
   torch::Tensor total() const {
     auto out = torch::zeros({2, C_}, torch::kFloat64);
     double* o = out.data_ptr<double>();
@@ -641,28 +641,26 @@ void check_channels(const torch::Tensor& t, int64_t C, const char* what) {
               ": one contiguous float32 value per channel");
 }
 
-// Pass 1 forward: pool (or not) into p and winners, and sum p and p^2 per channel.
 // The per-pixel loops over channels below take their own restrict-qualified pointers and
 // sizes by value: the compiler then knows that no store changes what the loop reads (the
 // lambdas' captures, the Shape), and vectorizes them.
-
+//
 // The winners are int16, not bytes: GCC vectorizes a loop by its narrowest type, 64 bytes
 // at a time with AVX-512, which left all 48 channels of `fast`'s first block to the scalar
-// remainder (its backward took 3x the time of 192 channels a pixel); with int16, 32 at a
-// time and 16 in the vectorized remainder.
+// remainder (its backward took 85 ms against block 2's 19 at about the same size); with
+// int16, 32 at a time and 16 in the vectorized remainder.
 
-// One output pixel of the pool, `count` channels: its window's top row a, bottom row b,
-// the right-hand column `step` values on.
+// One output pixel of the pool: its window's top row a, bottom row b (C channels a pixel).
 template <typename T>
-inline void pool_pixel(const T* __restrict a, const T* __restrict b, int64_t step,
-                          T* __restrict p, int16_t* __restrict winners, float* __restrict sum,
-                          float* __restrict squares, int64_t count) {
-  for (int64_t c = 0; c < count; ++c) {
+inline void pool_pixel(const T* __restrict a, const T* __restrict b, T* __restrict p,
+                       int16_t* __restrict winners, float* __restrict sum,
+                       float* __restrict squares, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
     float best = widen(a[c]);
     int16_t winner = 0;
-    pick(widen(a[step + c]), 1, best, winner);
+    pick(widen(a[C + c]), 1, best, winner);
     pick(widen(b[c]), 2, best, winner);
-    pick(widen(b[step + c]), 3, best, winner);
+    pick(widen(b[C + c]), 3, best, winner);
     narrow(p + c, best);  // exact: best is one of the inputs
     winners[c] = winner;
     sum[c] += best;
@@ -692,7 +690,7 @@ void pool_and_sum(const T* y, T* p, int16_t* winners, const Shape& s, ChannelSum
           const int64_t out = ((n * s.h + i) * s.w + j) * C;
           if constexpr (Pool) {
             const T* a = y + ((n * s.H + 2 * i) * s.W + 2 * j) * C;
-            pool_pixel(a, a + s.W * C, C, p + out, winners + out, sums.data(), sums.data() + C, C);
+            pool_pixel(a, a + s.W * C, p + out, winners + out, sums.data(), sums.data() + C, C);
           } else {
             sum_pixel(y + out, sums.data(), sums.data() + C, C);
           }
@@ -772,18 +770,18 @@ std::vector<torch::Tensor> norm_gelu_forward(const torch::Tensor& y, const torch
 }
 
 // Evaluation: the same function with statistics given (the running ones), in one pass that
-// keeps nothing: each output pixel pooled (the window's top row a, bottom row b, the
-// right-hand column `step` values on), normalized and activated.
+// keeps nothing: each output pixel pooled (the window's top row a, bottom row b),
+// normalized and activated.
 template <typename T>
-void pool_activate_pixel(const T* __restrict a, const T* __restrict b, int64_t step,
-                         T* __restrict out, const float* __restrict scale,
-                         const float* __restrict shift, int64_t C) {
+void pool_activate_pixel(const T* __restrict a, const T* __restrict b, T* __restrict out,
+                         const float* __restrict scale, const float* __restrict shift,
+                         int64_t C) {
   for (int64_t c = 0; c < C; ++c) {
     float best = widen(a[c]), value, slope;
     int16_t winner = 0;  // unused: the compiler drops it
-    pick(widen(a[step + c]), 1, best, winner);
+    pick(widen(a[C + c]), 1, best, winner);
     pick(widen(b[c]), 2, best, winner);
-    pick(widen(b[step + c]), 3, best, winner);
+    pick(widen(b[C + c]), 3, best, winner);
     gelu(best * scale[c] + shift[c], value, slope);
     narrow(out + c, value);
   }
@@ -807,7 +805,7 @@ torch::Tensor norm_gelu_inference(const torch::Tensor& y, const torch::Tensor& m
           T* o = op + (row * s.w + j) * s.C;
           if (pool) {
             const T* a = yp + ((n * s.H + 2 * i) * s.W + 2 * j) * s.C;
-            pool_activate_pixel(a, a + s.W * s.C, s.C, o, f.scale.data(), f.shift.data(), s.C);
+            pool_activate_pixel(a, a + s.W * s.C, o, f.scale.data(), f.shift.data(), s.C);
           } else {
             activate_pixel(yp + (row * s.w + j) * s.C, o, f.scale.data(), f.shift.data(), s.C);
           }
@@ -864,7 +862,7 @@ void sum_gradient(const T* g, const T* p, const Shape& s, const Channels& k,
 // Backward pass 2 for a pixel of p: dL/dp = weight * rstd * (dz - mean(dz) - xhat
 // mean(dz xhat)) into dp.
 template <typename T>
-void pooled_gradient_pixel(const T* __restrict g, const T* __restrict p, const Channels k,
+void dp_pixel(const T* __restrict g, const T* __restrict p, const Channels k,
                            float* __restrict dp, int64_t C) {
   const float *__restrict mean = k.mean, *__restrict rstd = k.rstd;
   const float *__restrict weight = k.weight, *__restrict bias = k.bias;
@@ -876,18 +874,16 @@ void pooled_gradient_pixel(const T* __restrict g, const T* __restrict p, const C
   }
 }
 
-// dp to its window's winner (top row, bottom row; the right-hand column `step` values on),
-// zero to the others. Apart from the loop above, whose GELU vectorizes fully on its own.
+// dp to its window's winner (top row, bottom row), zero to the others.
 template <typename T>
 inline void scatter_pixel(const float* __restrict dp, const int16_t* __restrict winners,
-                             T* __restrict top, T* __restrict bottom, int64_t step,
-                             int64_t count) {
-  for (int64_t c = 0; c < count; ++c) {
+                          T* __restrict top, T* __restrict bottom, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
     const int16_t w = winners[c];
     narrow(top + c, w == 0 ? dp[c] : 0.0f);
-    narrow(top + step + c, w == 1 ? dp[c] : 0.0f);
+    narrow(top + C + c, w == 1 ? dp[c] : 0.0f);
     narrow(bottom + c, w == 2 ? dp[c] : 0.0f);
-    narrow(bottom + step + c, w == 3 ? dp[c] : 0.0f);
+    narrow(bottom + C + c, w == 3 ? dp[c] : 0.0f);
   }
 }
 
@@ -907,10 +903,10 @@ void write_input_gradient(const T* g, const T* p, const int16_t* winners, T* dy,
       const int64_t n = row / s.h, i = row % s.h;
       for (int64_t j = 0; j < s.w; ++j) {
         const int64_t q = (row * s.w + j) * C;
-        pooled_gradient_pixel(g + q, p + q, k, dp.data(), C);
+        dp_pixel(g + q, p + q, k, dp.data(), C);
         if constexpr (Pool) {
           T* top = dy + ((n * s.H + 2 * i) * s.W + 2 * j) * C;
-          scatter_pixel(dp.data(), winners + q, top, top + s.W * C, C, C);
+          scatter_pixel(dp.data(), winners + q, top, top + s.W * C, C);
         } else {
           copy_pixel(dp.data(), dy + q, C);
         }
