@@ -156,6 +156,7 @@ def measure(args, label: str, settings: dict, peak: float) -> float:
     gflops = flops / step_s / 1e9
     dtype = recipe.compute_dtype(cpu)
     print(f"\n## {args.recipe}, {label} ({dtype or torch.float32} arithmetic)\n")
+    print(f"as a result records it: {recipe.arithmetic(cpu)}")  # the routes timed faster here
     print(f"step {step_s:.2f} s (runs {', '.join(f'{s:.2f}' for s in seconds)}), "
           f"{args.batch_size / step_s:,.0f} images/s; {flops / args.batch_size / 1e9:.3f} GFLOP "
           f"an image: {gflops:,.0f} GFLOP/s = {gflops / peak:.0%} of the fp32 peak")  # fmt: skip

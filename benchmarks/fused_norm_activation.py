@@ -57,8 +57,8 @@ def native(part, channels: int):
     norm.weight.requires_grad_(False)
     pool, gelu = torch.nn.MaxPool2d(2), torch.nn.GELU()
     if part is first_half:
-        return lambda x, _bias: norm_gelu.pool_norm_gelu(x, pool, norm, gelu)
-    return lambda x, _bias: norm_gelu.norm_gelu(x, norm, gelu)
+        return lambda x, _bias: norm_gelu.pool_norm_gelu(x, pool, norm, gelu, route="fused")
+    return lambda x, _bias: norm_gelu.norm_gelu(x, norm, gelu, route="fused")
 
 
 def forward_backward(fn, x: torch.Tensor, bias: torch.Tensor, grad: torch.Tensor) -> None:

@@ -72,8 +72,13 @@ def test_fast_step_profile_measures_the_fused_kernels_beside_pytorchs_operators(
     fused, plain = out.split("\n## fast, ")[1:]
     assert plain.startswith("CIFARLAB_NATIVE=0 (torch.float32 arithmetic)")
     family = "| max-pool, batch norm and GELU fused |"
-    assert family in fused and "| batch norm |" not in fused
+    # the kernel runs for the shapes where it was timed faster here: the rows say as much
+    said = re.search(r"^as a result records it: (.*)$", fused, re.M).group(1)
+    everywhere, somewhere = said.endswith("GELU fused"), "GELU fused for " in said
+    assert (family in fused) == (everywhere or somewhere)
+    assert ("| batch norm |" in fused) == (not everywhere)
     assert family not in plain and "| batch norm |" in plain
+    assert re.search(r"^as a result records it: float32$", plain, re.M)
     assert re.search(r"CIFARLAB_NATIVE=0: step [\d.]+x as fast as precision=float32 width=32", out)
 
 

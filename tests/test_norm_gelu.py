@@ -2,16 +2,18 @@
 input gradient, the batch norm's parameter gradients and running statistics against
 float64 for every shape the fast recipes use, in float32 and bfloat16; the max-pool's ties
 and NaNs as PyTorch's; the GELU against the exact one; where it falls back to PyTorch's
-operators; evaluation's one-pass kernel; and the fast network trained through it against the
-same network without it."""
+operators; evaluation's one-pass kernel; the fast network trained through it against the
+same network without it; and the choice between the two, timed, kept and followed."""
 
 import copy
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifarlab import timed_choice
 from cifarlab.models import norm_gelu
 from cifarlab.models.fast import FastNet
 from cifarlab.models.tutorial_cpu import build
@@ -55,10 +57,24 @@ def batch_norm(channels: int, seed: int) -> nn.BatchNorm2d:
     return norm
 
 
-def fused(y: torch.Tensor, norm: nn.BatchNorm2d, pool: bool) -> torch.Tensor:
+@pytest.fixture(autouse=True)
+def _own_timings(tmp_path, monkeypatch):
+    """Each test times into its own cache, and forgets what earlier tests measured."""
+    monkeypatch.setenv("CIFARLAB_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(norm_gelu, "_chosen", {})
+    timed_choice.forget()
+    yield
+    timed_choice.forget()
+
+
+def fused(y: torch.Tensor, norm: nn.BatchNorm2d, pool: bool, route: str = "fused") -> torch.Tensor:
     if pool:
-        return norm_gelu.pool_norm_gelu(y, nn.MaxPool2d(2), norm, nn.GELU())
-    return norm_gelu.norm_gelu(y, norm, nn.GELU())
+        return norm_gelu.pool_norm_gelu(y, nn.MaxPool2d(2), norm, nn.GELU(), route)
+    return norm_gelu.norm_gelu(y, norm, nn.GELU(), route)
+
+
+def modules(y: torch.Tensor, norm: nn.BatchNorm2d, pool: bool) -> torch.Tensor:
+    return nn.GELU()(norm(F.max_pool2d(y, 2) if pool else y))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -214,6 +230,7 @@ def test_tensorboards_graph_of_the_fast_network_traces_the_same_twice(residual, 
 def test_the_fast_network_trains_the_same_with_and_without_it(residual, monkeypatch):
     """One training step of a small fast network (float32): logits, every parameter's
     gradient and the running statistics agree with PyTorch's operators' to rounding."""
+    monkeypatch.setattr(norm_gelu, "TIMING_BATCH", 64)
     torch.manual_seed(0)
     model = FastNet(widths=(16, 32, 32), residual=residual, residual_init=0.5)
     model = model.to(memory_format=torch.channels_last).train()
@@ -226,6 +243,10 @@ def test_the_fast_network_trains_the_same_with_and_without_it(residual, monkeypa
         F.cross_entropy(logits, labels).backward()
         return logits
 
+    with norm_gelu.recording() as asked:  # times each shape (batch 64 here), then:
+        step(copy.deepcopy(model))
+    for choice in asked:  # the kernel for every shape, as where it was timed faster
+        norm_gelu._chosen[choice] = True
     fast_logits = step(model)
     monkeypatch.setenv("CIFARLAB_NATIVE", "0")
     plain_logits = step(twin)
@@ -235,3 +256,47 @@ def test_the_fast_network_trains_the_same_with_and_without_it(residual, monkeypa
             assert relative_error(a.grad, b.grad.double()) < 1e-4, name
     for (name, a), b in zip(model.named_buffers(), twin.buffers(), strict=True):
         assert torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-6), name
+
+
+def test_the_faster_way_is_timed_once_kept_and_followed(tmp_path, monkeypatch):
+    """The first call of a shape times both ways and keeps the verdict in the cache; the
+    call and every later one take the way it names, bit for bit that way's output; a
+    verdict changed in the cache (as another machine's would be) is followed, not remeasured."""
+    monkeypatch.setattr(norm_gelu, "TIMING_BATCH", 64)
+    y = torch.randn(3, 16, 10, 10).contiguous(memory_format=torch.channels_last)
+    by_kernel, by_modules = fused(y, batch_norm(16, 1), True), modules(y, batch_norm(16, 1), True)
+    assert not torch.equal(by_kernel, by_modules)  # the two ways are told apart by their bits
+
+    out = fused(y, batch_norm(16, 1), True, route="auto")
+    (kept,) = (tmp_path / "cache" / "timings").glob("norm-gelu-*.json")
+    verdict = json.loads(kept.read_text())
+    assert verdict["fused"] == (verdict["ms"]["fused"] < verdict["ms"]["modules"])
+    assert all(ms > 0 for ms in verdict["ms"].values())
+    assert torch.equal(out, by_kernel if verdict["fused"] else by_modules)
+    assert norm_gelu.describe({(16, 10, 10, "float32", True, True): verdict["fused"]}) == (
+        "pool, batch norm and GELU fused" if verdict["fused"] else ""
+    )
+
+    kept.write_text(json.dumps({**verdict, "fused": not verdict["fused"]}))
+    monkeypatch.setattr(norm_gelu, "_chosen", {})
+    timed_choice.forget()  # a new process: reads the file
+    with norm_gelu.recording() as asked:
+        out = fused(y, batch_norm(16, 1), True, route="auto")
+    assert torch.equal(out, by_modules if verdict["fused"] else by_kernel)
+    assert asked == {(16, 10, 10, "float32", True, True): not verdict["fused"]}
+    assert json.loads(kept.read_text())["fused"] != verdict["fused"]  # not measured again
+    # evaluation is its own choice (the one-pass kernel): timed apart
+    with torch.no_grad():
+        fused(y, batch_norm(16, 1).eval(), True, route="auto")
+    assert len(list((tmp_path / "cache" / "timings").glob("norm-gelu-*.json"))) == 2
+
+
+def test_the_choices_in_words():
+    a, b = (8, 4, 4, "bfloat16", True, True), (8, 2, 2, "bfloat16", False, True)
+    assert norm_gelu.describe({}) == norm_gelu.describe({a: False, b: False}) == ""
+    assert norm_gelu.describe({a: True, b: True}) == "pool, batch norm and GELU fused"
+    assert norm_gelu.describe({a: True, b: False}) == (
+        "pool, batch norm and GELU fused for 1 of 2 shapes (timed faster here)"
+    )
+    with pytest.raises(ValueError, match="route must be one of auto, fused"):
+        norm_gelu.norm_gelu(torch.randn(2, 3, 4, 4), batch_norm(3, 0), nn.GELU(), "always")

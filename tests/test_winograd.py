@@ -216,22 +216,29 @@ def test_the_setting_changes_the_arithmetic_not_the_flop_count():
 def test_each_setting_says_its_arithmetic_as_results_record_it():
     cpu = torch.device("cpu")
 
-    def arithmetic(**settings) -> str:
+    def arithmetic(**settings) -> tuple[str, str]:
+        """What the recipe says, and what its pool, batch norm and GELU chose, in words."""
         recipe = build_config("fast", {"width": 32, "precision": "float32", **settings}).recipe
-        recipe.prepare_device(cpu)  # auto: every shape timed here, as before training
-        return recipe.arithmetic(cpu)
+        with norm_gelu.recording() as asked:
+            recipe.prepare_device(cpu)  # auto: every shape timed here, as before training
+        # the six after the convolutions, each timed for training and for evaluation
+        assert len(asked) == (12 if norm_gelu.available() else 0)
+        fused = norm_gelu.describe(asked)
+        return recipe.arithmetic(cpu), f"; {fused}" if fused else ""
 
-    fused = "; pool, batch norm and GELU fused" if norm_gelu.available() else ""
-    assert arithmetic() == "float32" + fused
+    said, fused = arithmetic()
+    assert said == "float32" + fused
     every = "float32, Winograd for every 3x3 convolution it serves"
-    assert arithmetic(convolution="winograd") == every + fused
+    said, fused = arithmetic(convolution="winograd")
+    assert said == every + fused
     assert winograd.routes_used() == {}  # winograd does not time; auto times every shape
-    said = arithmetic(convolution="auto")
+    said, fused = arithmetic(convolution="auto")
     used = winograd.routes_used()
     chosen = [f"{c}->{o} at {h}x{w}" for (c, o, h, w), fast in sorted(used.items()) if fast]
     assert len(used) == 5 and said.startswith(f"float32, Winograd for {len(chosen)} of 5 ")
     assert all(shape in said for shape in chosen) and said.endswith(fused)
-    assert arithmetic(precision="bfloat16", convolution="auto") == "bfloat16" + fused
+    said, fused = arithmetic(precision="bfloat16", convolution="auto")
+    assert said == "bfloat16" + fused
 
 
 def test_a_run_by_winograd_trains_resumes_exactly_and_exports(tmp_path, capsys):
@@ -241,7 +248,9 @@ def test_a_run_by_winograd_trains_resumes_exactly_and_exports(tmp_path, capsys):
             "--set", "precision=float32",
             "--max-steps", "8", "--checkpoint-every", "4"]  # fmt: skip
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert main(["train", *args, "--run-dir", str(straight)]) == 0
+    with norm_gelu.recording() as asked:
+        assert main(["train", *args, "--run-dir", str(straight)]) == 0
+    fused = norm_gelu.describe(asked)
     resumed.mkdir()
     for name in ("config.json", "ckpt-00000004.pt"):
         (resumed / name).write_bytes((straight / name).read_bytes())
@@ -258,7 +267,7 @@ def test_a_run_by_winograd_trains_resumes_exactly_and_exports(tmp_path, capsys):
     for run in (straight, resumed):  # the result says how it was computed
         (entry,) = json.loads((run / "result.json").read_text())["history"][-1:]
         assert entry["arithmetic"] == "float32, Winograd for every 3x3 convolution it serves" + (
-            "; pool, batch norm and GELU fused" if norm_gelu.available() else ""
+            f"; {fused}" if fused else ""
         )
 
     # Export traces the library's convolution: the same function as the Winograd one.

@@ -21,7 +21,8 @@ logits are scaled down so the initial predictions are near uniform. `convolution
 the 3x3 convolutions are computed in float32 on a CPU (direct, winograd or auto:
 models/winograd.py); under bfloat16 autocast they take models/bf16_conv.py's routes. On a
 CPU the pool, batch norm and GELU after each convolution run as one native kernel, in
-training and in evaluation (models/norm_gelu.py), the same function.
+training and in evaluation, for the shapes where it was timed faster than PyTorch's operators
+on this machine (models/norm_gelu.py): the same function either way.
 """
 
 from __future__ import annotations

@@ -15,17 +15,39 @@ in one pass. `pool_norm_gelu` and `norm_gelu` take the modules the network alrea
 same function, wherever the kernels do not serve: CUDA, tracing and export, evaluation
 with a gradient to compute, other dtypes, or the native kernels off (`CIFARLAB_NATIVE=0`)
 or not built. The GELU is the exact one (erf), computed to within 2e-7 of it.
+
+Which of the two runs is timed, not assumed: the first time a shape is asked (channels,
+height, width, dtype, pooled or not, training or evaluation), both are timed on a batch of
+TIMING_BATCH images and the verdict kept with the build (cifarlab/timed_choice.py); the
+kernel runs only for the shapes where it was faster on this machine. `route="fused"` skips
+the timing (the tests and the benchmarks, which compare the two).
 """
 
 from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .. import timed_choice
 from .tutorial_cpu import build
 
 DTYPES = (torch.float32, torch.bfloat16)
+ROUTES = ("auto", "fused")  # auto: the kernel where it was timed faster; fused: wherever it serves
+# Images a timing runs on: a training batch's regime, where block 1's maps outgrow the caches
+# (94 MB in bfloat16 at 1,024 images). At 256 (24 MB) one of `fast`'s 12 shapes chose
+# PyTorch's operators by 4% on EPYC Zen 5, where at 1,024 and 2,000 the kernel is 1.4x-3x
+# faster for all 12; timing them at 1,024 takes 3.6 s there, once.
+TIMING_BATCH = 1024
+WHAT_IT_FUSES = "pool, batch norm and GELU fused"
+
+Choice = tuple[int, int, int, str, bool, bool]  # channels, height, width, dtype, pool, training
+_chosen: dict[Choice, bool] = {}  # this process's verdicts: the kernel faster here?
+_recorders: list[dict[Choice, bool]] = []
 
 
 def serves(y: torch.Tensor, norm: nn.BatchNorm2d) -> bool:
@@ -104,18 +126,103 @@ def _fused(y: torch.Tensor, norm: nn.BatchNorm2d, pool: bool) -> torch.Tensor:
 
 
 def pool_norm_gelu(y: torch.Tensor, pool: nn.MaxPool2d, norm: nn.BatchNorm2d,
-                   activation: nn.GELU) -> torch.Tensor:  # fmt: skip
+                   activation: nn.GELU, route: str = "auto") -> torch.Tensor:  # fmt: skip
     """activation(norm(pool(y))) for a 2x2 max-pool of stride 2 and the exact GELU."""
-    if serves(y, norm) and _is_plain_pool(pool) and activation.approximate == "none":
+    if _is_plain_pool(pool) and _takes(y, norm, activation, True, route):
         return _fused(y, norm, True)
     return activation(norm(pool(y)))
 
 
-def norm_gelu(y: torch.Tensor, norm: nn.BatchNorm2d, activation: nn.GELU) -> torch.Tensor:
+def norm_gelu(y: torch.Tensor, norm: nn.BatchNorm2d, activation: nn.GELU,
+              route: str = "auto") -> torch.Tensor:  # fmt: skip
     """activation(norm(y)) for the exact GELU."""
-    if serves(y, norm) and activation.approximate == "none":
+    if _takes(y, norm, activation, False, route):
         return _fused(y, norm, False)
     return activation(norm(y))
+
+
+def _takes(y: torch.Tensor, norm: nn.BatchNorm2d, activation: nn.GELU, pool: bool,
+           route: str) -> bool:  # fmt: skip
+    if route not in ROUTES:
+        raise ValueError(f"route must be one of {', '.join(ROUTES)}, not {route!r}")
+    return (
+        activation.approximate == "none" and serves(y, norm)
+        and (route == "fused" or fused_here(y, pool, norm.training))
+    )  # fmt: skip
+
+
+def fused_here(y: torch.Tensor, pool: bool, training: bool) -> bool:
+    """Whether the kernel was timed faster than PyTorch's operators here for y's shape and
+    dtype (timed the first time it is asked on this machine, then kept)."""
+    choice = (*y.shape[1:], str(y.dtype).removeprefix("torch."), pool, training)
+    if choice not in _chosen:
+        channels, height, width, dtype, _, _ = choice
+        verdict = timed_choice.remembered(
+            "norm-gelu",
+            {"shape": [channels, height, width], "dtype": dtype, "pool": pool,
+             "training": training, "batch": TIMING_BATCH, "kernels": build.cache_key()},
+            lambda: _time_both(*choice),
+        )  # fmt: skip
+        _chosen[choice] = verdict["fused"]
+    for asked in _recorders:
+        asked[choice] = _chosen[choice]
+    return _chosen[choice]
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[dict[Choice, bool]]:
+    """{choice: fused} for every shape asked within: what a recipe's network chose here."""
+    asked: dict[Choice, bool] = {}
+    _recorders.append(asked)
+    try:
+        yield asked
+    finally:
+        _recorders.remove(asked)
+
+
+def describe(choices: dict[Choice, bool]) -> str:
+    """The choices in words for a result's arithmetic: "" where none took the kernel."""
+    taken = sum(choices.values())
+    if not taken:
+        return ""
+    if taken == len(choices):
+        return WHAT_IT_FUSES
+    return f"{WHAT_IT_FUSES} for {taken} of {len(choices)} shapes (timed faster here)"
+
+
+def _time_both(channels: int, height: int, width: int, dtype: str, pool: bool,
+               training: bool) -> dict:  # fmt: skip
+    """Best of 3 of each way after a warm-up, alternating, in milliseconds: a forward and
+    backward in training, a forward without gradients in evaluation. Autocast on in
+    bfloat16, as the network runs."""
+    g = torch.Generator().manual_seed(0)
+    compute = getattr(torch, dtype)
+    y = torch.randn(TIMING_BATCH, channels, height, width, generator=g).to(compute)
+    y = y.contiguous(memory_format=torch.channels_last).requires_grad_(training)
+    norm = nn.BatchNorm2d(channels, eps=1e-12).train(training)
+    norm.weight.requires_grad_(False)  # as the fast network's
+    out_shape = (TIMING_BATCH, channels, *((height // 2, width // 2) if pool else (height, width)))
+    grad = torch.randn(out_shape, generator=g).to(compute).contiguous(
+        memory_format=torch.channels_last)  # fmt: skip
+    pooling, gelu = nn.MaxPool2d(2), nn.GELU()
+    ways: dict[str, Callable[[], torch.Tensor]] = {
+        "modules": lambda: gelu(norm(pooling(y) if pool else y)),
+        "fused": lambda: _fused(y, norm, pool),
+    }
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=compute == torch.bfloat16)
+    for round_ in range(4):
+        for name, forward in ways.items():
+            start = time.perf_counter()
+            with autocast, torch.set_grad_enabled(training):
+                out = forward()
+            if training:
+                torch.autograd.backward(out, grad)
+            if round_:
+                times[name].append((time.perf_counter() - start) * 1000)
+            y.grad = norm.bias.grad = None
+    best = {name: round(min(t), 3) for name, t in times.items()}
+    return {"fused": best["fused"] < best["modules"], "ms": best}
 
 
 def _is_plain_pool(pool: nn.MaxPool2d) -> bool:

@@ -340,6 +340,7 @@ class FastSGD(Recipe):
                               "them to 1")  # fmt: skip
         self.normalize = Normalize()  # built once, not at every step
         self._bf16_verdict: bool | None = None
+        self._fused_choices: dict = {}  # models/norm_gelu.py's verdicts for this network
 
     def widths(self) -> tuple[int, int, int]:
         p = self.params
@@ -497,12 +498,33 @@ class FastSGD(Recipe):
         if device.type == "cpu":
             self._settle_convolutions()  # convolution=auto: each shape timed, before any clock
             self.compute_dtype(device)  # precision=auto settled (timed) the same way
+            self._settle_norm_gelu(device)
 
     def arithmetic(self, device: torch.device) -> str:
         arithmetic = self._convolutions(device)
-        if device.type == "cpu" and norm_gelu.available():  # a result says which code ran
-            arithmetic += "; pool, batch norm and GELU fused"
-        return arithmetic
+        fused = norm_gelu.describe(self._fused_choices) if device.type == "cpu" else ""
+        return f"{arithmetic}; {fused}" if fused else arithmetic  # a result says which code ran
+
+    def _settle_norm_gelu(self, device: torch.device) -> None:
+        """The pool, batch norm and GELU after each convolution: for every shape the run
+        trains and evaluates on, the fused kernel or PyTorch's operators, whichever was timed
+        faster here (models/norm_gelu.py): timed now, before any clock, and kept."""
+        if not norm_gelu.available():
+            return
+        p = self.params
+        dtype = self.compute_dtype(device)
+        # Under a forked generator: building this network must not move the one that
+        # initializes the run's weights next.
+        with torch.random.fork_rng(devices=[]), norm_gelu.recording() as asked:
+            model = FastNet(widths=self.widths(), residual=p.residual)
+            model = model.to(memory_format=torch.channels_last)
+            for size in {32, *([p.small_size] if p.small_epochs > 0 else [])}:
+                x = torch.zeros(2, 3, size, size).contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+                    model.train()(x).float().sum().backward()
+                    with torch.no_grad():
+                        model.eval()(x)
+        self._fused_choices = asked
 
     def _convolutions(self, device: torch.device) -> str:
         arithmetic = super().arithmetic(device)
