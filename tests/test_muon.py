@@ -29,6 +29,44 @@ def test_orthogonalize_keeps_the_directions_and_evens_out_the_singular_values(sh
     assert cosine > 0.9
 
 
+def test_orthogonalize_in_bfloat16_lands_where_float32_does():
+    """Jordan's Muon iterates in bfloat16: the singular values land in the same band, the
+    update points the same way, and it comes back in the update's dtype."""
+    torch.manual_seed(0)
+    update = torch.randn(192, 48, 3, 3)
+    exact = orthogonalize(update, 5)
+    rounded = orthogonalize(update, 5, torch.bfloat16)
+    assert rounded.dtype == torch.float32 and rounded.shape == update.shape
+    singular = torch.linalg.svdvals(rounded.reshape(192, -1))
+    assert singular.max() < 1.25 and singular.min() > 0.6
+    cosine = (rounded * exact).sum() / (rounded.norm() * exact.norm())
+    assert 0.99 < cosine < 1  # close, and not the float32 result itself
+
+
+def test_muons_arithmetic_follows_the_setting_and_says_so():
+    cpu = torch.device("cpu")
+    images = torch.randint(0, 256, (50, 32, 32, 3), dtype=torch.uint8)
+    for muon_precision, precision, iterated in (("float32", "bfloat16", None),
+                                                ("bfloat16", "float32", torch.bfloat16),
+                                                ("auto", "float32", None),
+                                                ("auto", "bfloat16", torch.bfloat16)):  # fmt: skip
+        recipe = get_recipe("fast", Params(conv_optimizer="muon", width=32, precision=precision,
+                                           muon_precision=muon_precision))  # fmt: skip
+        optimizer = recipe.build_optimizer(recipe.build_model(10, images))
+        assert optimizer.newton_schulz_dtype == iterated
+        said = recipe.arithmetic(cpu)
+        assert said.endswith("; Newton-Schulz in bfloat16") == (iterated is not None), said
+        assert said.startswith(precision)
+    weight = torch.randn(8, 4, 3, 3, requires_grad=True)
+    muon = Muon([{"params": [weight], "lr": 0.1, "momentum": 0.5, "orthogonalize": True}],
+                newton_schulz_dtype=torch.bfloat16)  # fmt: skip
+    weight.grad = torch.randn(8, 4, 3, 3)
+    before = weight.detach().clone()
+    muon.step()
+    assert weight.dtype == torch.float32 and not torch.equal(weight.detach(), before)
+    assert "newton_schulz_dtype" not in str(muon.state_dict())  # checkpoints unchanged
+
+
 def test_groups_without_orthogonalize_take_torch_sgd_steps_exactly():
     torch.manual_seed(0)
     ours = torch.randn(5, 3, requires_grad=True)

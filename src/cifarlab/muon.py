@@ -29,10 +29,16 @@ import torch
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 
 
-def orthogonalize(update: torch.Tensor, iterations: int) -> torch.Tensor:
+def orthogonalize(
+    update: torch.Tensor, iterations: int, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """[out, ...] -> the same shape with the [out, rest] matrix's singular values near 1
-    (its directions kept). Works on the wide orientation, where X X^T is the small product."""
-    matrix = update.reshape(update.shape[0], -1)
+    (its directions kept). Works on the wide orientation, where X X^T is the small product.
+    `dtype`: the iterations' arithmetic (default the update's). In bfloat16, as Jordan's
+    Muon runs them: the iteration aims only near 1, and on a CPU that multiplies bfloat16
+    natively it is 2.7x faster (a 192 x 1,728 filter bank, EPYC Zen 5); the result comes
+    back in the update's dtype."""
+    matrix = update.reshape(update.shape[0], -1).to(dtype or update.dtype)
     tall = matrix.shape[0] > matrix.shape[1]
     x = matrix.T if tall else matrix
     x = x / (x.norm() + 1e-7)  # all singular values <= 1, where the iteration converges
@@ -40,18 +46,23 @@ def orthogonalize(update: torch.Tensor, iterations: int) -> torch.Tensor:
     for _ in range(iterations):
         gram = x @ x.T
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x.T if tall else x).reshape(update.shape)
+    return (x.T if tall else x).reshape(update.shape).to(update.dtype)
 
 
 class Muon(torch.optim.Optimizer):
     """Param groups: `lr`, `momentum`, and either `orthogonalize=True` (Muon, Nesterov
     momentum, `iterations` Newton-Schulz steps, no weight decay: the norm is fixed instead)
-    or `orthogonalize=False` with `weight_decay` (Nesterov SGD, as torch.optim.SGD)."""
+    or `orthogonalize=False` with `weight_decay` (Nesterov SGD, as torch.optim.SGD).
+    `newton_schulz_dtype`: the iterations' arithmetic (None: the parameters')."""
 
-    def __init__(self, groups: list[dict], iterations: int = 5) -> None:
+    def __init__(self, groups: list[dict], iterations: int = 5,
+                 newton_schulz_dtype: torch.dtype | None = None) -> None:  # fmt: skip
         defaults = {"lr": 0.0, "momentum": 0.0, "weight_decay": 0.0, "orthogonalize": False,
                     "iterations": iterations}  # fmt: skip
         super().__init__(groups, defaults)
+        # Not a group setting: a checkpoint's state dict stays as it was, and a run resumed
+        # on another machine takes the arithmetic chosen there.
+        self.newton_schulz_dtype = newton_schulz_dtype
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -71,7 +82,8 @@ class Muon(torch.optim.Optimizer):
             if group["orthogonalize"]:
                 for p, s in zip(params, steps, strict=True):
                     p.mul_(p.shape[0] ** 0.5 / p.norm())  # the fixed norm; BatchNorm follows
-                    p.add_(orthogonalize(s, group["iterations"]), alpha=-group["lr"])
+                    update = orthogonalize(s, group["iterations"], self.newton_schulz_dtype)
+                    p.add_(update, alpha=-group["lr"])
             else:
                 torch._foreach_add_(params, steps, alpha=-group["lr"])
         return None

@@ -168,6 +168,11 @@ class Params:
     muon_iterations: int = setting(
         5, "Newton-Schulz iterations orthogonalizing each Muon update", at_least=1, at_most=20
     )
+    muon_precision: str = setting(
+        "float32", "arithmetic of Muon's Newton-Schulz iterations: float32, bfloat16, or auto "
+        "(the network's: bfloat16 where the run computes in it)",
+        choices=("float32", "bfloat16", "auto"),
+    )  # fmt: skip
     precision: str = setting(
         "float32", "arithmetic of the network on a CPU: float32; bfloat16 (autocast, the "
         "convolutions by models/bf16_conv.py: fast where the CPU multiplies bfloat16 natively, "
@@ -447,7 +452,15 @@ class FastSGD(Recipe):
         groups.append(
             {"params": parts["filters"], "momentum": p.muon_momentum, "orthogonalize": True}
         )
-        return Muon(groups, iterations=p.muon_iterations)
+        device = next(model.parameters()).device
+        return Muon(groups, p.muon_iterations, self.newton_schulz_dtype(device))
+
+    def newton_schulz_dtype(self, device: torch.device) -> torch.dtype | None:
+        """Muon's iterations in bfloat16 or in float32 (None), by `muon_precision`."""
+        precision = self.params.muon_precision
+        if precision == "auto":
+            return self.compute_dtype(device)
+        return torch.bfloat16 if precision == "bfloat16" else None
 
     def learning_rates(self, step: int, plan: TrainingPlan) -> list[float]:
         p = self.params
@@ -503,7 +516,10 @@ class FastSGD(Recipe):
     def arithmetic(self, device: torch.device) -> str:
         arithmetic = self._convolutions(device)
         fused = norm_gelu.describe(self._fused_choices) if device.type == "cpu" else ""
-        return f"{arithmetic}; {fused}" if fused else arithmetic  # a result says which code ran
+        parts = [arithmetic, *([fused] if fused else [])]  # a result says which code ran
+        if self.params.conv_optimizer == "muon" and self.newton_schulz_dtype(device):
+            parts.append("Newton-Schulz in bfloat16")
+        return "; ".join(parts)
 
     def _settle_norm_gelu(self, device: torch.device) -> None:
         """The pool, batch norm and GELU after each convolution: for every shape the run
