@@ -1,11 +1,13 @@
 """Muon (orthogonalized momentum for the filters) against hand computations and torch's SGD."""
 
+import math
+
 import pytest
 import torch
 
 from cifarlab.config import build_config
 from cifarlab.errors import ConfigError
-from cifarlab.muon import Muon, orthogonalize
+from cifarlab.muon import NEWTON_SCHULZ, Muon, gram_form_is_cheaper, orthogonalize
 from cifarlab.recipes import TrainingPlan, get_recipe
 from cifarlab.recipes.fast import Params
 from cifarlab.settings import field_names, with_defaults
@@ -27,6 +29,35 @@ def test_orthogonalize_keeps_the_directions_and_evens_out_the_singular_values(sh
     polar = u @ vh  # the exact answer: every singular value 1, the same directions
     cosine = (result * polar).sum() / (result.norm() * polar.norm())
     assert cosine > 0.9
+
+
+def textbook(update: torch.Tensor, iterations: int) -> torch.Tensor:
+    """The quintic iteration as Jordan writes it, on the wide orientation, in float64."""
+    x = update.reshape(update.shape[0], -1).double()
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / (x.norm() + 1e-7)
+    a, b, c = NEWTON_SCHULZ
+    for _ in range(iterations):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).reshape(update.shape)
+
+
+@pytest.mark.parametrize("shape, on_the_gram", [((192, 192, 3, 3), True), ((48, 24, 3, 3), True),
+                                                ((300, 20), True), ((64, 64), False),
+                                                ((40, 60), False)])  # fmt: skip
+def test_either_form_of_the_iteration_computes_the_textbook_function(shape, on_the_gram):
+    """Wide banks (the fast network's) iterate on their Gram matrix, square-ish ones on
+    themselves: the same function, to float64's rounding in float64 and within 1e-5 in
+    float32."""
+    m, n = sorted((shape[0], math.prod(shape[1:])))
+    assert gram_form_is_cheaper(m, n, 5) == on_the_gram
+    torch.manual_seed(0)
+    update = torch.randn(shape)
+    want = textbook(update, 5)
+    assert ((orthogonalize(update.double(), 5) - want).norm() / want.norm()) < 1e-12
+    assert ((orthogonalize(update, 5).double() - want).norm() / want.norm()) < 1e-5
 
 
 def test_orthogonalize_in_bfloat16_lands_where_float32_does():

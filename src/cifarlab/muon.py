@@ -42,11 +42,41 @@ def orthogonalize(
     tall = matrix.shape[0] > matrix.shape[1]
     x = matrix.T if tall else matrix
     x = x / (x.norm() + 1e-7)  # all singular values <= 1, where the iteration converges
-    a, b, c = NEWTON_SCHULZ
-    for _ in range(iterations):
-        gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
+    if gram_form_is_cheaper(*x.shape, iterations):
+        x = _iterate_on_the_gram(x, iterations)
+    else:
+        a, b, c = NEWTON_SCHULZ
+        for _ in range(iterations):
+            gram = x @ x.T
+            x = a * x + (b * gram + c * gram @ gram) @ x
     return (x.T if tall else x).reshape(update.shape).to(update.dtype)
+
+
+def gram_form_is_cheaper(m: int, n: int, iterations: int) -> bool:
+    """Whether iterating on the m x m Gram matrix multiplies less than iterating on the
+    m x n matrix itself (m <= n): 2m^2n + (4k - 1)m^3 multiply-adds against k (2m^2n + m^3)
+    for k iterations; for 5, where n > 1.75m."""
+    k = iterations
+    return 2 * m * m * n + (4 * k - 1) * m**3 < k * (2 * m * m * n + m**3)
+
+
+def _iterate_on_the_gram(x: torch.Tensor, iterations: int) -> torch.Tensor:
+    """The same iterations as orthogonalize's loop, with the wide [m, n] matrix multiplied
+    only twice. Each iteration multiplies X on the left by Q = aI + bA + cA^2, a polynomial
+    in A = X X^T, so after k of them X_k = P X_0 with P = Q_k ... Q_1, and the next Gram
+    matrix is Q A Q (Q is symmetric): only m x m products inside the loop, and X_0 enters
+    twice (A_0 and the final P X_0) instead of twice an iteration. For a 192 x 1,728 filter
+    bank 2.6x fewer multiplications; the same function, rounded in another order (in float32
+    both forms are within 4e-6 of float64)."""
+    a, b, c = NEWTON_SCHULZ
+    gram = x @ x.T
+    poly = None
+    for _ in range(iterations):
+        q = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
+        q.diagonal().add_(a)
+        poly = q if poly is None else q @ poly
+        gram = q @ gram @ q
+    return poly @ x
 
 
 class Muon(torch.optim.Optimizer):
