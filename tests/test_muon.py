@@ -187,3 +187,25 @@ def test_the_fast_muon_recipe_is_the_fast_recipe_with_airbench_muon_defaults(tmp
         build_config("fast-muon", {"run_dir": str(tmp_path), "conv_optimizer": "adam"})
     with pytest.raises(TypeError, match="no field nope"):
         with_defaults(Params, "Broken", nope=1)
+
+
+def test_the_flop_count_is_the_functions_not_the_gram_forms():
+    """The Gram form multiplies less; the training FLOP count (flops.py) counts the
+    function as written: k (4m^2n + 2m^3) for k iterations on an m x n bank (m <= n)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m, n, k = 16, 72, 5  # an [16, 8, 3, 3] bank, on its Gram matrix when it can
+    counts = {}
+    for gram_form in (True, False):
+        weight = torch.randn(m, 8, 3, 3, requires_grad=True)
+        muon = Muon([{"params": [weight], "lr": 0.1, "momentum": 0.5, "orthogonalize": True}])
+        muon.gram_form = gram_form
+        weight.grad = torch.randn(m, 8, 3, 3)
+        with FlopCounterMode(display=False) as counter:
+            muon.step()
+        counts[gram_form] = counter.get_total_flops()
+    assert counts[False] == k * (4 * m * m * n + 2 * m**3)
+    assert counts[True] == 4 * m * m * n + 2 * (4 * k - 1) * m**3 < counts[False]
+    recipe = get_recipe("fast", Params(conv_optimizer="muon", width=32))
+    model = recipe.build_model(10, torch.randint(0, 256, (50, 32, 32, 3), dtype=torch.uint8))
+    assert recipe.build_optimizer(model).gram_form  # training takes the Gram form

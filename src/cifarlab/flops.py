@@ -24,6 +24,7 @@ from .config import TrainConfig
 from .data.layout import dataset_info
 from .data.loader import BatchPosition
 from .errors import ConfigError
+from .muon import Muon
 from .recipes import TrainingPlan
 
 COUNTED_BATCHES = (2, 4)  # two points fix the line a + b x batch
@@ -43,6 +44,8 @@ def _counted_step(config: TrainConfig, step: int, plan: TrainingPlan,
     position = BatchPosition(step // plan.steps_per_epoch, 0, batch, torch.arange(batch))
     x = recipe.train_transform(images, torch.Generator().manual_seed(0), position)
     optimizer = recipe.build_optimizer(model)
+    if isinstance(optimizer, Muon):
+        optimizer.gram_form = False  # the function's FLOPs, as written (muon.py)
     for group, rate in zip(optimizer.param_groups, recipe.learning_rates(step, plan), strict=True):
         group["lr"] = rate
     recipe.prepare_step(model, step, plan)

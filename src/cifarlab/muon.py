@@ -30,19 +30,23 @@ NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 
 
 def orthogonalize(
-    update: torch.Tensor, iterations: int, dtype: torch.dtype | None = None
+    update: torch.Tensor,
+    iterations: int,
+    dtype: torch.dtype | None = None,
+    gram_form: bool = True,
 ) -> torch.Tensor:
     """[out, ...] -> the same shape with the [out, rest] matrix's singular values near 1
     (its directions kept). Works on the wide orientation, where X X^T is the small product.
     `dtype`: the iterations' arithmetic (default the update's). In bfloat16, as Jordan's
     Muon runs them: the iteration aims only near 1, and on a CPU that multiplies bfloat16
     natively it is 2.7x faster (a 192 x 1,728 filter bank, EPYC Zen 5); the result comes
-    back in the update's dtype."""
+    back in the update's dtype. `gram_form`: iterate on the Gram matrix where that
+    multiplies less (the same function; False: always as written, as the FLOP count does)."""
     matrix = update.reshape(update.shape[0], -1).to(dtype or update.dtype)
     tall = matrix.shape[0] > matrix.shape[1]
     x = matrix.T if tall else matrix
     x = x / (x.norm() + 1e-7)  # all singular values <= 1, where the iteration converges
-    if gram_form_is_cheaper(*x.shape, iterations):
+    if gram_form and gram_form_is_cheaper(*x.shape, iterations):
         x = _iterate_on_the_gram(x, iterations)
     else:
         a, b, c = NEWTON_SCHULZ
@@ -93,6 +97,9 @@ class Muon(torch.optim.Optimizer):
         # Not a group setting: a checkpoint's state dict stays as it was, and a run resumed
         # on another machine takes the arithmetic chosen there.
         self.newton_schulz_dtype = newton_schulz_dtype
+        # The training FLOP count sets it False: the FLOPs of the function as written, the
+        # Gram form's fewer multiplications not counted (as Winograd's are not).
+        self.gram_form = True
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -112,7 +119,8 @@ class Muon(torch.optim.Optimizer):
             if group["orthogonalize"]:
                 for p, s in zip(params, steps, strict=True):
                     p.mul_(p.shape[0] ** 0.5 / p.norm())  # the fixed norm; BatchNorm follows
-                    update = orthogonalize(s, group["iterations"], self.newton_schulz_dtype)
+                    update = orthogonalize(s, group["iterations"], self.newton_schulz_dtype,
+                                           self.gram_form)  # fmt: skip
                     p.add_(update, alpha=-group["lr"])
             else:
                 torch._foreach_add_(params, steps, alpha=-group["lr"])
