@@ -188,3 +188,32 @@ def test_fused_norm_activation_times_every_block_part_three_ways():
         out,
         re.M,
     )
+
+
+def test_muon_orthogonalize_times_every_bank_three_ways(tmp_path):
+    out = run_script("muon_orthogonalize.py --set width=32 --rounds 1")
+    rows = [line for line in out.splitlines() if line.startswith("| [")]
+    assert len(rows) == 6  # fast: three blocks of two convolutions
+    for row in rows:
+        *_, written, gram, bf16 = (float(cell) for cell in row.strip("| ").split(" | ")[-3:])
+        # float32 either way near float64's function; bfloat16 near it, not equal
+        assert written < 1e-5 and gram < 1e-5 and 1e-4 < bf16 < 0.1, row
+    # every 3x3 bank has n = 9 x its inputs >= 2.25 m: wide enough for the Gram form
+    assert "(as written)" not in out
+    assert re.search(r"^Gram form [\d.]+x, bfloat16 [\d.]+x as fast", out, re.M)
+
+    # a Muon run's own momentum instead of random updates: each bank of each checkpoint
+    from cifarlab.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "fast", "--synthetic", "--set", "width=32", "--set",
+                 "synthetic_train_per_class=4", "--set", "synthetic_test_per_class=2",
+                 "--batch-size", "20", "--max-steps", "2", "--checkpoint-every", "1",
+                 "--no-progress", "--run-dir", str(run)]) == 0  # fmt: skip
+    out = run_script(f"muon_orthogonalize.py --set width=32 --rounds 1 --checkpoint "
+                     f"{run / 'ckpt-00000001.pt'} --checkpoint {run / 'ckpt-00000002.pt'}")  # fmt: skip
+    rows = [line for line in out.splitlines() if line.startswith("| [")]
+    assert len(rows) == 12 and sum(", step 2 |" in row for row in rows) == 6
+    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "muon_orthogonalize.py"),
+                              "--recipe", "fast-sgd"], capture_output=True, text=True)  # fmt: skip
+    assert refused.returncode == 2 and "does not train with Muon" in refused.stderr

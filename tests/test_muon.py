@@ -72,6 +72,8 @@ def test_orthogonalize_in_bfloat16_lands_where_float32_does():
     assert singular.max() < 1.25 and singular.min() > 0.6
     cosine = (rounded * exact).sum() / (rounded.norm() * exact.norm())
     assert 0.99 < cosine < 1  # close, and not the float32 result itself
+    # as written, never on the Gram matrix: it corrects its own rounding each iteration
+    assert torch.equal(rounded, orthogonalize(update, 5, torch.bfloat16, gram_form=False))
 
 
 def test_muons_arithmetic_follows_the_setting_and_says_so():

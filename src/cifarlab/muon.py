@@ -27,6 +27,7 @@ import torch
 # chosen (Jordan, 2024) to push singular values in (0, 1] towards 1 quickly rather than
 # exactly: a handful of iterations leaves them within about [0.7, 1.2], which is enough.
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
+WIDE_FLOATS = (torch.float32, torch.float64)  # where the Gram form's rounding was checked
 
 
 def orthogonalize(
@@ -37,16 +38,18 @@ def orthogonalize(
 ) -> torch.Tensor:
     """[out, ...] -> the same shape with the [out, rest] matrix's singular values near 1
     (its directions kept). Works on the wide orientation, where X X^T is the small product.
-    `dtype`: the iterations' arithmetic (default the update's). In bfloat16, as Jordan's
-    Muon runs them: the iteration aims only near 1, and on a CPU that multiplies bfloat16
-    natively it is 2.7x faster (a 192 x 1,728 filter bank, EPYC Zen 5); the result comes
-    back in the update's dtype. `gram_form`: iterate on the Gram matrix where that
-    multiplies less (the same function; False: always as written, as the FLOP count does)."""
+    `dtype`: the iterations' arithmetic (default the update's); in bfloat16, as Jordan's
+    Muon runs them on a GPU, they land about 3e-2 from float64's (BENCHMARKS.md, "Muon's
+    orthogonalization on the CPU"); the result comes back in the update's dtype.
+    `gram_form`: in float32 or float64, iterate on the Gram matrix where that multiplies
+    less (the same function; False: always as written, as the FLOP count does). Not in
+    bfloat16: as written, each iteration recomputes X from X and so corrects its own
+    rounding, where the Gram form would carry P's errors through to the end."""
     matrix = update.reshape(update.shape[0], -1).to(dtype or update.dtype)
     tall = matrix.shape[0] > matrix.shape[1]
     x = matrix.T if tall else matrix
     x = x / (x.norm() + 1e-7)  # all singular values <= 1, where the iteration converges
-    if gram_form and gram_form_is_cheaper(*x.shape, iterations):
+    if gram_form and x.dtype in WIDE_FLOATS and gram_form_is_cheaper(*x.shape, iterations):
         x = _iterate_on_the_gram(x, iterations)
     else:
         a, b, c = NEWTON_SCHULZ
@@ -71,7 +74,7 @@ def _iterate_on_the_gram(x: torch.Tensor, iterations: int) -> torch.Tensor:
     matrix is Q A Q (Q is symmetric): only m x m products inside the loop, and X_0 enters
     twice (A_0 and the final P X_0) instead of twice an iteration. For a 192 x 1,728 filter
     bank 2.6x fewer multiplications; the same function, rounded in another order (in float32
-    both forms are within 4e-6 of float64)."""
+    both forms within 7.1e-6 of float64 on `fast`'s real momentum)."""
     a, b, c = NEWTON_SCHULZ
     gram = x @ x.T
     poly = None
