@@ -9,6 +9,18 @@ def _isolated_data_root(tmp_path, monkeypatch):
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def own_timings(tmp_path, monkeypatch):
+    """The test times into its own kernel cache (timed_choice's verdicts), and forgets what
+    earlier tests measured; a module adds its own memory of the routes it asked for."""
+    from cifarlab import timed_choice
+
+    monkeypatch.setenv("CIFARLAB_KERNEL_CACHE", str(tmp_path / "cache"))
+    timed_choice.forget()
+    yield
+    timed_choice.forget()
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A small synthetic run trained once for the tests that evaluate, predict and export.

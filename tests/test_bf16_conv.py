@@ -18,13 +18,9 @@ BF16 = torch.bfloat16
 
 
 @pytest.fixture(autouse=True)
-def _own_timings(tmp_path, monkeypatch):
+def _own_timings(own_timings, monkeypatch):
     """Each test times into its own cache, and forgets what earlier tests measured."""
-    monkeypatch.setenv("CIFARLAB_KERNEL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(bf16_conv, "_used", {})  # the routes this process already asked for
-    timed_choice.forget()
-    yield
-    timed_choice.forget()
 
 
 def fast_shapes(width: int) -> list[tuple[int, int, int]]:

@@ -58,13 +58,9 @@ def batch_norm(channels: int, seed: int) -> nn.BatchNorm2d:
 
 
 @pytest.fixture(autouse=True)
-def _own_timings(tmp_path, monkeypatch):
+def _own_timings(own_timings, monkeypatch):
     """Each test times into its own cache, and forgets what earlier tests measured."""
-    monkeypatch.setenv("CIFARLAB_KERNEL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(norm_gelu, "_chosen", {})
-    timed_choice.forget()
-    yield
-    timed_choice.forget()
 
 
 def fused(y: torch.Tensor, norm: nn.BatchNorm2d, pool: bool, route: str = "fused") -> torch.Tensor:

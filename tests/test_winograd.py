@@ -23,13 +23,9 @@ pytestmark = pytest.mark.skipif(not winograd.available(), reason="native kernels
 
 
 @pytest.fixture(autouse=True)
-def _own_timings(tmp_path, monkeypatch):
+def _own_timings(own_timings, monkeypatch):
     """Each test times into its own cache, and forgets what earlier tests measured."""
-    monkeypatch.setenv("CIFARLAB_KERNEL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(winograd, "_used", {})
-    timed_choice.forget()
-    yield
-    timed_choice.forget()
 
 
 def fast_shapes(width: int, image: int) -> list[tuple[int, int, int]]:
