@@ -40,7 +40,7 @@ DTYPES = (torch.float32, torch.bfloat16)
 ROUTES = ("auto", "fused")  # auto: the kernel where it was timed faster; fused: wherever it serves
 # Images a timing runs on: a training batch's regime, where block 1's maps outgrow the caches
 # (94 MB in bfloat16 at 1,024 images). At 256 (24 MB) one of `fast`'s 12 shapes chose
-# PyTorch's operators by 4% on EPYC Zen 5, where at 1,024 and 2,000 the kernel is 1.4x-3x
+# PyTorch's operators by 4% on EPYC Zen 5, where at 1,024 and 2,000 the kernel is 1.2x-4x
 # faster for all 12; timing them at 1,024 takes a few seconds there, once.
 TIMING_BATCH = 1024
 WHAT_IT_FUSES = "pool, batch norm and GELU fused"
