@@ -61,13 +61,14 @@ def main() -> None:
           + " | " + " | ".join(f"{w}: from float64" for w in functions) + " |")  # fmt: skip
     print("|---|---|" + "---:|" * (2 * len(functions)))
     totals = dict.fromkeys(functions, 0.0)
-    updates = [(list(shape), torch.randn(shape, generator=torch.Generator().manual_seed(0)))
-               for shape in banks]  # fmt: skip
     if args.checkpoint:
         updates = [(f"{list(buffer.shape)}, step {state['step']}", buffer)
                    for path in args.checkpoint
                    for state in [load_checkpoint(path)]
                    for buffer in momentum_of_filters(state)]  # fmt: skip
+    else:
+        updates = [(list(shape), torch.randn(shape, generator=torch.Generator().manual_seed(0)))
+                   for shape in banks]  # fmt: skip
     for label, update in updates:
         shape = update.shape
         m, n = sorted((shape[0], shape[1:].numel()))
