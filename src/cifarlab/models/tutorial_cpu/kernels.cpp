@@ -879,11 +879,14 @@ template <typename T>
 inline void scatter_pixel(const float* __restrict dp, const int16_t* __restrict winners,
                           T* __restrict top, T* __restrict bottom, int64_t C) {
   for (int64_t c = 0; c < C; ++c) {
+    // Read once, before the selects: a load inside a select's arm is a conditional load,
+    // which GCC turns into vector code only with AVX-512's masked loads.
+    const float d = dp[c];
     const int16_t w = winners[c];
-    narrow(top + c, w == 0 ? dp[c] : 0.0f);
-    narrow(top + C + c, w == 1 ? dp[c] : 0.0f);
-    narrow(bottom + c, w == 2 ? dp[c] : 0.0f);
-    narrow(bottom + C + c, w == 3 ? dp[c] : 0.0f);
+    narrow(top + c, w == 0 ? d : 0.0f);
+    narrow(top + C + c, w == 1 ? d : 0.0f);
+    narrow(bottom + c, w == 2 ? d : 0.0f);
+    narrow(bottom + C + c, w == 3 ? d : 0.0f);
   }
 }
 
