@@ -272,6 +272,17 @@ def test_a_run_by_winograd_trains_resumes_exactly_and_exports(tmp_path, capsys):
     assert "argmax agreement 100.00%" in capsys.readouterr().out
 
 
+def test_native_off_after_the_kernels_loaded_turns_winograd_off(monkeypatch):
+    """fast_step_profile.py --against-env sets CIFARLAB_NATIVE=0 in a process that has
+    loaded the kernels: Winograd must stop serving then, as the fused layers do."""
+    x = torch.randn(2, 8, 7, 7)
+    layer = winograd.Conv2d(8, 8, 3, padding=1, bias=False, algorithm="winograd")
+    assert build.kernels() is not None and winograd.serves(x, layer)
+    monkeypatch.setenv("CIFARLAB_NATIVE", "0")
+    assert not winograd.available() and not winograd.serves(x, layer)
+    assert torch.equal(layer(x), F.conv2d(x, layer.weight, padding=1))
+
+
 def test_without_the_native_kernels_every_algorithm_is_the_library(monkeypatch):
     monkeypatch.setattr(build, "_tried", False)
     monkeypatch.setattr(build, "_kernels", None)
