@@ -243,8 +243,10 @@ def print_layers(outside: list, regions: list, peak: float) -> None:
             layer["forward" if forward else "backward"] += event.cpu_time_total / 1e3
             layer["layers"] += forward
             layer["algorithm"] = "Winograd F(4x4, 3x3)"
-        else:
+        else:  # bf16_conv's filter gradient: the route is the word after the label
             layer["backward"] += event.cpu_time_total / 1e3
+            route = event.name[len(bf16_conv.FILTER_GRADIENT_LABEL) :].split()[0]
+            layer["algorithm"] = f"direct; filter gradient {route}"
     print("\n| shape: input, filters | layers | GFLOP a layer's pass (direct) | forward ms "
           "| backward ms | GFLOP/s (passes run, direct-equivalent) | algorithm |\n"
           "|---|---:|---:|---:|---:|---:|---|")  # fmt: skip
@@ -257,8 +259,7 @@ def print_layers(outside: list, regions: list, peak: float) -> None:
         if c == 24 and ms["backward"]:  # on the stem's output: at the measured mid-run step
             passes = 2  # the whitening bias is frozen, so no input gradient is computed
         rate = ms["layers"] * passes * gflop / ((ms["forward"] + ms["backward"]) / 1e3)
-        route = bf16_conv.routes_used().get((c, o, h, wd, k, pad))
-        algorithm = ms["algorithm"] or "direct" + (f"; filter gradient {route}" if route else "")
+        algorithm = ms["algorithm"] or "direct"  # a route only where this step's profile ran one
         print(f"| {list(x)}, {list(w)} | {ms['layers']} | {gflop:.1f} | {ms['forward']:.0f} | "
               f"{ms['backward']:.0f} | {rate:,.0f} ({rate / peak:.0%}) | {algorithm} |")
     products = [e for e in outside if e.name == "aten::mm"]

@@ -64,6 +64,22 @@ def test_fast_step_profile_reports_both_paths_layer_by_layer(against):
 
 
 @pytest.mark.slow
+def test_fast_step_profile_names_a_filter_gradient_route_only_where_the_step_ran_one():
+    # bfloat16 first, float32 second: the float32 step's rows once named the routes the
+    # bfloat16 step had chosen for the same shapes, though no float32 layer ran them
+    out = run_script(
+        "fast_step_profile.py --batch-size 8 --steps 1 --repeats 1 --set width=32"
+        " --set precision=bfloat16 --against precision=float32"
+    )
+    routed, plain = out.split("\n## fast, ")[1:]
+    assert plain.startswith("precision=float32 (torch.float32 arithmetic)")
+    for part, algorithms in ((routed, ROUTED["precision=bfloat16"][1]), (plain, {"direct"})):
+        rows = [r for r in part.splitlines() if r.startswith("| [8, ") and ", 3, 3] |" in r]
+        assert len(rows) == 5, part
+        assert {r.rsplit("|", 2)[1].strip() for r in rows} <= algorithms, part
+
+
+@pytest.mark.slow
 def test_fast_step_profile_measures_the_fused_kernels_beside_pytorchs_operators():
     out = run_script(
         "fast_step_profile.py --batch-size 8 --steps 1 --repeats 1 --set width=32"

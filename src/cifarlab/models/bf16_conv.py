@@ -120,11 +120,6 @@ def weight_grad_route(channels_in: int, channels_out: int, height: int, width: i
     return verdict["route"]
 
 
-def routes_used() -> dict[tuple, str]:
-    """{(in, out, height, width, kernel, padding): route} for the shapes this process ran."""
-    return dict(_used)
-
-
 def _time_routes(channels_in, channels_out, height, width, kernel, padding) -> dict:
     """Best of 2 of each route after a warm-up, alternating, in milliseconds."""
     g = torch.Generator().manual_seed(0)
