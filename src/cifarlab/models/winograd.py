@@ -183,10 +183,8 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def available() -> bool:
-    # enabled() asked on each call, as norm_gelu.available() does: CIFARLAB_NATIVE=0 set in a
-    # process that loaded the kernels already (fast_step_profile.py --against-env) turns
-    # Winograd off too, not only the fused layers.
-    return build.enabled() and build.kernels() is not None
+    """Whether this process runs Winograd's transforms where they serve (build.available)."""
+    return build.available()
 
 
 def serves(x: torch.Tensor, conv: nn.Conv2d) -> bool:

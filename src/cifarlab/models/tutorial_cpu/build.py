@@ -118,6 +118,13 @@ def _built(folder: Path) -> bool:
     return (folder / f"{folder.name}.so").is_file()
 
 
+def available() -> bool:
+    """Whether this process runs the native kernels now: CIFARLAB_NATIVE asked on each call,
+    so that setting it to 0 after the kernels loaded (fast_step_profile.py --against-env)
+    turns every per-call route off (the fused layers, Winograd) and not only later loads."""
+    return enabled() and kernels() is not None
+
+
 def kernels() -> ModuleType | None:
     """The compiled module, or None where it cannot be built (asked once per process)."""
     global _kernels, _tried
