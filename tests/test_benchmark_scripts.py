@@ -21,6 +21,16 @@ def run_script(command_line: str) -> str:
     return subprocess.run(command, capture_output=True, text=True, timeout=600, check=True).stdout
 
 
+def profile_two_paths(options: str) -> tuple[str, str, str]:
+    """fast_step_profile.py on a tiny network (batch 8, width 32, one step) with these
+    options: everything it printed, then the first path's section and the second's."""
+    out = run_script(
+        f"fast_step_profile.py --batch-size 8 --steps 1 --repeats 1 --set width=32 {options}"
+    )
+    first, second = out.split("\n## fast, ")[1:]
+    return out, first, second
+
+
 ROUTED = {  # --against, its heading, and the algorithm column its 3x3 layers may show
     "precision=bfloat16": ("torch.bfloat16", {f"direct; filter gradient {route}"
                                               for route in bf16_conv.WEIGHT_GRAD_ROUTES}),
@@ -31,11 +41,7 @@ ROUTED = {  # --against, its heading, and the algorithm column its 3x3 layers ma
 @pytest.mark.slow
 @pytest.mark.parametrize("against", sorted(ROUTED))
 def test_fast_step_profile_reports_both_paths_layer_by_layer(against):
-    out = run_script(
-        "fast_step_profile.py --batch-size 8 --steps 1 --repeats 1 --set width=32"
-        f" --against {against}"
-    )
-    plain, routed = out.split("\n## fast, ")[1:]
+    out, plain, routed = profile_two_paths(f"--against {against}")
     dtype, routes = ROUTED[against]
     # the first path is the plain one: float32, whatever the recipe's default
     assert plain.startswith("precision=float32 width=32 (torch.float32 arithmetic)")
@@ -67,11 +73,7 @@ def test_fast_step_profile_reports_both_paths_layer_by_layer(against):
 def test_fast_step_profile_names_a_filter_gradient_route_only_where_the_step_ran_one():
     # bfloat16 first, float32 second: the float32 step's rows once named the routes the
     # bfloat16 step had chosen for the same shapes, though no float32 layer ran them
-    out = run_script(
-        "fast_step_profile.py --batch-size 8 --steps 1 --repeats 1 --set width=32"
-        " --set precision=bfloat16 --against precision=float32"
-    )
-    routed, plain = out.split("\n## fast, ")[1:]
+    _, routed, plain = profile_two_paths("--set precision=bfloat16 --against precision=float32")
     assert plain.startswith("precision=float32 (torch.float32 arithmetic)")
     for part, algorithms in ((routed, ROUTED["precision=bfloat16"][1]), (plain, {"direct"})):
         rows = [r for r in part.splitlines() if r.startswith("| [8, ") and ", 3, 3] |" in r]
@@ -81,11 +83,7 @@ def test_fast_step_profile_names_a_filter_gradient_route_only_where_the_step_ran
 
 @pytest.mark.slow
 def test_fast_step_profile_measures_the_fused_kernels_beside_pytorchs_operators():
-    out = run_script(
-        "fast_step_profile.py --batch-size 8 --steps 1 --repeats 1 --set width=32"
-        " --against-env CIFARLAB_NATIVE=0"
-    )
-    fused, plain = out.split("\n## fast, ")[1:]
+    out, fused, plain = profile_two_paths("--against-env CIFARLAB_NATIVE=0")
     assert plain.startswith("CIFARLAB_NATIVE=0 (torch.float32 arithmetic)")
     family = "| max-pool, batch norm and GELU fused |"
     # the kernel runs for the shapes where it was timed faster here: the rows say as much

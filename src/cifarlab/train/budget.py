@@ -30,8 +30,8 @@ STARTUP_SECONDS = 15.0  # imports, data loading and checking, writing the first 
 # A real run's steps, averaged over the run, measured up to 9% slower than the timing run's
 # few (BENCHMARKS.md, "A time budget": 0-4% on Xeon, -3 to +3% on EPYC Zen 4, 8-9% on the AVX2
 # VM, whose steps swing by 20-30% from one minute to the next); so each step is priced 10%
-# above its timing, which covers every run measured. Rerun with it on the AVX2 VM, the timing
-# itself came out 3-10% above the run's steps, so there 2.7 minutes of 20 went unused.
+# above its timing, which covers every run measured. On the AVX2 VM with this margin the timing
+# itself came out 3-10% above the run's steps, leaving 2.7 of 20 minutes unused.
 STEP_MARGIN = 1.10
 LATE_EPOCH = 1000  # an even number: epoch parity (alternating flip) is kept
 MAX_STEPS_SCANNED = 10**6  # asking prepare_step this often takes about a second
